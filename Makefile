@@ -1,0 +1,46 @@
+# Two commands on a fresh machine:  `make run`  and  `make test`.
+# Both create .venv when it is missing (torch==2.13.0 first, so nothing pulls a CUDA build).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.13.0
+
+# Keep every tool's state inside the project.
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: run test bench ui clean env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) (torch first, then the stack)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if command -v uv >/dev/null 2>&1 || $(BIN)/pip install -q uv 2>/dev/null; then \
+	  UV=$$(command -v uv || echo $(BIN)/uv); \
+	  export UV_FIND_LINKS="$${PIP_FIND_LINKS:-}" VIRTUAL_ENV=$(abspath $(VENV)); \
+	  $$UV pip install -q --compile-bytecode $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) "$(TORCH)" && \
+	  $$UV pip install -q --compile-bytecode -e ".[dev]"; \
+	else \
+	  $(BIN)/pip install -q "$(TORCH)" && $(BIN)/pip install -q -e ".[dev]"; \
+	fi
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/learn2tune run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/learn2tune bench
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
+clean:
+	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache

@@ -1,0 +1,92 @@
+"""The contract every learner family fulfils.
+
+A family is a :class:`Learner` subclass with
+
+- ``family``: its registry name, ``paper``: the paper it implements;
+- ``Hyperparams``: a frozen dataclass of its hyperparameters, every field with a default;
+- ``search_space``: ranges for the fields the search may tune (keys are ``Hyperparams`` fields);
+- ``meta_train_step(batch)``: one meta-update on a batch of training episodes;
+- ``predict(support_x, support_y, query_x)``: logits for the query of each task, adapting
+  on the support set first when the family adapts. Evaluation and the served model both use
+  this one path.
+
+The learner owns its meta-parameters and its meta-optimizer; ``state_dict`` holds both, so a
+checkpoint resumes training exactly.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from learners.space import SearchSpace
+from tasks.episodes import EpisodeBatch, EpisodeSpec
+
+
+@dataclass(frozen=True)
+class BackboneHyperparams:
+    """Architecture knobs shared by every family built on the Conv-4 backbone."""
+
+    width: int = 64
+    depth: int = 4
+
+
+class Learner(nn.Module, abc.ABC):
+    """Base class of a meta-learner family (see the module docstring for the contract)."""
+
+    family: ClassVar[str]
+    paper: ClassVar[str]
+    Hyperparams: ClassVar[type]
+    search_space: ClassVar[SearchSpace] = {}
+
+    def __init__(self, hparams: Any, image_shape: tuple[int, int, int], ways: int) -> None:
+        super().__init__()
+        self.hparams = hparams
+        self.image_shape = tuple(image_shape)
+        self.ways = ways
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @abc.abstractmethod
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One meta-update on ``batch`` (already on this learner's device, float images).
+
+        Returns at least ``loss`` and ``accuracy`` (query accuracy of the batch, in [0, 1]).
+        """
+
+    @abc.abstractmethod
+    def predict(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[tasks, queries, ways]`` for batched tasks (``ways`` from ``support_y``)."""
+
+    def training_spec(self, spec: EpisodeSpec) -> EpisodeSpec:
+        """The episodes this family trains on, given the configured ones.
+
+        Most families train on the test-time shape; ProtoNet, for one, trains with more ways.
+        """
+        return spec
+
+    def check_ways(self, ways: int) -> None:
+        """Refuse episodes a fixed-size output head cannot score (override for such heads)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Non-parameter state a checkpoint must keep (the meta-optimizer, by default)."""
+        optimizer = getattr(self, "optimizer", None)
+        return {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+
+
+def episode_ways(support_y: torch.Tensor) -> int:
+    """Number of classes in an episode from its (0-based, complete) support labels."""
+    return int(support_y.max().item()) + 1
