@@ -1,0 +1,311 @@
+"""Build an episodic Parquet dataset from a source: split classes, preprocess, write, publish.
+
+The dataset directory appears atomically: everything is written into a hidden staging
+directory next to ``out_dir`` (manifest last) and renamed into place, so an interrupted build
+leaves no directory that passes as a dataset. A directory that already holds the same
+fingerprint is returned as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import atomic
+from tasks.errors import DatasetError
+from tasks.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, fingerprint, read_manifest, write_manifest
+from tasks.parquet_io import SplitWriter
+from tasks.preprocess import RESIZE_FILTER, prepare, rotated
+from tasks.source import ClassInfo, Source
+from tasks.splits import METHODS, SPLIT_NAMES, split_classes
+
+SOURCES = ("synthetic", "omniglot", "folder")
+_DEFAULT_COUNTS = {"omniglot": (172, 423)}  # (val, test): the Vinyals/ProtoNet 1200/423 split
+_FALLBACK_COUNTS = (0.15, 0.2)
+_DATASET_FILES = {MANIFEST_NAME, *(f"{name}.parquet" for name in SPLIT_NAMES)}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build (the ``data`` section of a config). ``None`` means the source's default."""
+
+    source: str = "synthetic"  # synthetic | omniglot | folder
+    path: str | None = None  # zips dir / extracted dir / image folder root
+    split: str = "random"  # random | by-alphabet
+    val_classes: int | float | None = None  # None -> omniglot 172, else 0.15
+    test_classes: int | float | None = None  # None -> omniglot 423, else 0.2
+    rotations: bool = False  # add 90/180/270 degree copies as new classes
+    image_size: int = 28
+    channels: int | None = None  # None -> 1 for omniglot/synthetic, 3 for folder
+    seed: int = 0
+    synthetic_classes: int = 400
+    synthetic_images_per_class: int = 20
+
+    def resolved(self) -> BuildSpec:
+        """This spec with every ``None`` default replaced by the source's value."""
+        val, test = _DEFAULT_COUNTS.get(self.source, _FALLBACK_COUNTS)
+        return dataclasses.replace(
+            self,
+            val_classes=val if self.val_classes is None else self.val_classes,
+            test_classes=test if self.test_classes is None and self.split == "random" else self.test_classes,
+            channels=(3 if self.source == "folder" else 1) if self.channels is None else self.channels,
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_build_spec(spec: BuildSpec) -> None:
+    """Raise ``ValueError`` naming the first ``data.<field>`` that is invalid."""
+    if spec.source not in SOURCES:
+        raise ValueError(f"data.source must be one of {', '.join(SOURCES)}, got {spec.source!r}")
+    if spec.path is not None and not isinstance(spec.path, str):
+        raise ValueError(f"data.path must be a string path or null, got {type(spec.path).__name__}")
+    if spec.source == "folder" and not spec.path:
+        raise ValueError("data.path is required for source 'folder' (the root with one sub-folder per class)")
+    if spec.source == "synthetic" and spec.path is not None:
+        raise ValueError("data.path does not apply to source 'synthetic' (it draws its images); leave it unset")
+    if spec.split not in METHODS:
+        raise ValueError(f"data.split must be one of {', '.join(METHODS)}, got {spec.split!r}")
+    if spec.split == "by-alphabet":
+        if spec.source != "omniglot":
+            raise ValueError(
+                f"data.split 'by-alphabet' needs source 'omniglot' (background/evaluation sets), got {spec.source!r}"
+            )
+        if spec.test_classes is not None:
+            raise ValueError(
+                "data.test_classes does not apply to split 'by-alphabet' (the evaluation set is the test split)"
+            )
+    for name in ("val_classes", "test_classes"):
+        value = getattr(spec, name)
+        fraction = isinstance(value, float) and 0.0 < value < 1.0
+        if value is None or (_is_int(value) and value >= 1) or fraction:
+            continue
+        raise ValueError(f"data.{name} must be a class count >= 1 or a fraction in (0, 1), got {value!r}")
+    if not isinstance(spec.rotations, bool):
+        raise ValueError(f"data.rotations must be true or false, got {spec.rotations!r}")
+    if not _is_int(spec.image_size) or not 4 <= spec.image_size <= 1024:
+        raise ValueError(f"data.image_size must be an int in [4, 1024], got {spec.image_size!r}")
+    if spec.channels not in (None, 1, 3) or isinstance(spec.channels, bool):
+        raise ValueError(f"data.channels must be 1, 3 or null (source default), got {spec.channels!r}")
+    if not _is_int(spec.seed):
+        raise ValueError(f"data.seed must be an int, got {spec.seed!r}")
+    for name, least in (("synthetic_classes", 3), ("synthetic_images_per_class", 2)):
+        value = getattr(spec, name)
+        if not _is_int(value) or value < least:
+            raise ValueError(f"data.{name} must be an int >= {least}, got {value!r}")
+
+
+def build_params(spec: BuildSpec) -> dict[str, Any]:
+    """The settings that determine the dataset's content (hashed into the fingerprint).
+
+    The path is left out (the source digest covers the content, wherever it lives), and so
+    are the synthetic-only settings for other sources.
+    """
+    params = dataclasses.asdict(spec.resolved())
+    del params["path"]
+    if spec.source != "synthetic":
+        del params["synthetic_classes"], params["synthetic_images_per_class"]
+    params["format_version"] = FORMAT_VERSION
+    params["resize_filter"] = RESIZE_FILTER
+    return params
+
+
+def open_source(spec: BuildSpec, progress: Progress | None = None) -> Source:
+    """The raw source ``spec`` names (imported lazily: only the one in use is loaded)."""
+    if spec.source == "omniglot":
+        from tasks.omniglot import OmniglotSource
+
+        return OmniglotSource(spec.path, progress=progress)
+    if spec.source == "folder":
+        from tasks.folder import FolderSource
+
+        return FolderSource(spec.path or "")
+    from tasks.synthetic import SyntheticSource
+
+    return SyntheticSource(spec.synthetic_classes, spec.synthetic_images_per_class, spec.image_size, spec.seed)
+
+
+def build_dataset(
+    spec: BuildSpec, out_dir: str | Path, *, overwrite: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Build the dataset ``spec`` describes into ``out_dir`` and return its manifest.
+
+    Returns the existing manifest without rebuilding when ``out_dir`` already holds the same
+    fingerprint intact. ``overwrite`` allows replacing a different or damaged dataset there;
+    a non-empty directory that is not a dataset is never touched. Raises :class:`DatasetError`
+    for those refusals and for unreadable sources, ``ValueError`` for an invalid spec.
+    ``progress`` receives one-line status messages (pass ``print`` to see them).
+    """
+    validate_build_spec(spec)
+    with open_source(spec, progress) as source:
+        return write_dataset(source, spec, out_dir, overwrite=overwrite, progress=progress)
+
+
+def write_dataset(
+    source: Source,
+    spec: BuildSpec,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """:func:`build_dataset` for an already opened ``source`` (``spec.source``/``path`` are
+    only recorded)."""
+    validate_build_spec(spec)
+    say = progress or (lambda _: None)
+    out = Path(out_dir).expanduser().absolute()
+    params = build_params(spec)
+    digest = source.digest()
+    fp = fingerprint(digest, params)
+    existing = _existing_dataset(out, fp, overwrite)
+    if existing is not None:
+        say(f"{out} already holds dataset {fp[:12]} (same source and settings): not rebuilding")
+        return existing
+    resolved = spec.resolved()
+    classes = source.classes()
+    split = split_classes(classes, resolved.split, resolved.val_classes, resolved.test_classes, resolved.seed)
+    say(
+        f"{source.kind} source{f' {source.location}' if source.location else ''}: {len(classes)} classes -> "
+        + ", ".join(f"{name} {len(members)}" for name, members in split.items())
+        + (" (x4 with rotations)" if resolved.rotations else "")
+    )
+    staging = atomic.staging_dir(out)
+    try:
+        image_shape = (resolved.channels or 1, resolved.image_size, resolved.image_size)
+        ticker = _Ticker(sum(len(members) for _, members in split.items()), say)
+        splits = {
+            name: _write_split(source, members, staging / f"{name}.parquet", image_shape, resolved.rotations, ticker)
+            for name, members in split.items()
+        }
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fingerprint": fp,
+            "image_shape": list(image_shape),
+            "image_layout": "CHW",
+            "resize_filter": RESIZE_FILTER,
+            "source": {"kind": source.kind, "path": source.location, "digest": digest},
+            "build": dataclasses.asdict(resolved),
+            "splits": splits,
+        }
+        write_manifest(staging, manifest)
+        try:
+            atomic.publish_dir(staging, out, replace=overwrite)
+        except OSError:
+            raced = _existing_dataset(out, fp, overwrite=False)  # another build may have won the race
+            if raced is None:
+                raise
+            manifest = raced
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once published
+    counts = (f"{n} {s['classes']} classes/{s['images']} images" for n, s in manifest["splits"].items())
+    say(f"wrote {out}: " + ", ".join(counts))
+    return manifest
+
+
+def _existing_dataset(out: Path, fp: str, overwrite: bool) -> dict[str, Any] | None:
+    """The manifest at ``out`` if it holds fingerprint ``fp`` intact; None if ``out`` may be
+    (re)written; :class:`DatasetError` if it must not be."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise DatasetError(f"output {out} exists and is not a directory")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return None
+    if MANIFEST_NAME not in entries or not entries <= _DATASET_FILES:
+        raise DatasetError(
+            f"output {out} is a non-empty directory that is not a learn2tune dataset "
+            f"(found {', '.join(sorted(entries)[:5])}); choose an empty or new directory"
+        )
+    try:
+        manifest = read_manifest(out)
+    except DatasetError as exc:
+        if overwrite:
+            return None
+        raise DatasetError(f"output {out} holds an unreadable dataset ({exc}); pass overwrite to replace it") from exc
+    if manifest["fingerprint"] == fp:
+        damage = _damage(out, manifest)
+        if damage is None:
+            return manifest
+        if not overwrite:
+            raise DatasetError(f"output {out} holds this dataset but {damage}; pass overwrite to rebuild it")
+        return None
+    if not overwrite:
+        raise DatasetError(
+            f"output {out} holds a different dataset (fingerprint {manifest['fingerprint'][:12]}, this build "
+            f"{fp[:12]}); pass overwrite (--overwrite) to replace it or choose another directory"
+        )
+    return None
+
+
+def _damage(out: Path, manifest: dict[str, Any]) -> str | None:
+    """A description of the first split file that is missing or has the wrong size, else None."""
+    for split in manifest["splits"].values():
+        path = out / split["file"]
+        if not path.is_file():
+            return f"{split['file']} is missing"
+        if path.stat().st_size != split["bytes"]:
+            return f"{split['file']} is {path.stat().st_size} bytes, manifest says {split['bytes']}"
+    return None
+
+
+class _Ticker:
+    """Reports progress about every 10% of the classes processed."""
+
+    def __init__(self, total: int, say: Progress) -> None:
+        self.total, self.done, self._say = total, 0, say
+        self._step = max(1, total // 10)
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.done % self._step == 0 or self.done == self.total:
+            self._say(f"processed {self.done}/{self.total} classes ({round(100 * self.done / self.total)}%)")
+
+
+def _write_split(
+    source: Source,
+    members: list[ClassInfo],
+    path: Path,
+    image_shape: tuple[int, int, int],
+    rotations: bool,
+    ticker: _Ticker,
+) -> dict[str, Any]:
+    """Write one split file and return its manifest entry."""
+    channels, size, _ = image_shape
+    groups: list[str] = []
+    with SplitWriter(path, image_shape) as writer:
+        for info in members:
+            raw = source.images(info.key)
+            if not raw:
+                raise DatasetError(f"{source.kind} source class {info.key!r} has no images")
+            images = np.stack([prepare(image, size, channels) for image in raw])
+            for degrees, turned in rotated(images) if rotations else [(0, images)]:
+                writer.add_class(info.key if degrees == 0 else f"{info.key}/rot{degrees}", turned)
+                groups.append(info.group)
+            ticker.tick()
+    data = path.read_bytes()
+    counts = writer.class_counts
+    return {
+        "file": path.name,
+        "classes": len(counts),
+        "images": sum(counts),
+        "class_names": writer.class_names,
+        "class_groups": groups,
+        "class_counts": counts,
+        "min_images_per_class": min(counts),
+        "max_images_per_class": max(counts),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }

@@ -1,0 +1,58 @@
+"""The interface every raw image source implements (Omniglot, image folder, synthetic glyphs)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One class of a source: its unique ``key``, its ``group`` (an Omniglot alphabet, a parent
+    folder, a synthetic alphabet) and, for Omniglot, its ``partition`` (background/evaluation)."""
+
+    key: str
+    group: str
+    partition: str | None = None
+
+
+class Source(abc.ABC):
+    """A labelled image collection, listed cheaply and loaded one class at a time.
+
+    Images are ``uint8`` numpy arrays, ``H x W`` (grayscale) or ``H x W x 3`` (RGB). A source
+    that holds files is a context manager; ``close`` releases them.
+    """
+
+    kind: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str | None:
+        """Where the raw data lives (recorded in the manifest), or None for generated data."""
+
+    @abc.abstractmethod
+    def classes(self) -> list[ClassInfo]:
+        """All classes, sorted by key."""
+
+    @abc.abstractmethod
+    def images(self, key: str) -> list[np.ndarray]:
+        """The images of class ``key``, in a fixed order."""
+
+    @abc.abstractmethod
+    def digest(self) -> str:
+        """A sha256 hex digest of the raw content: equal digests mean equal images."""
+
+    def close(self) -> None:
+        """Release open files (nothing to release by default)."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""Synthetic glyph source: hundreds of procedurally drawn stroke characters, no download.
+
+Class ``i`` depends only on ``(seed, i)``, so a larger ``classes`` count keeps the smaller
+set's classes unchanged. Every 20 consecutive classes form one "alphabet" (the group key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from tasks import glyphs
+from tasks.source import ClassInfo, Source
+
+GENERATOR_VERSION = 1  # bump whenever the drawing changes, so old fingerprints go stale
+CLASSES_PER_ALPHABET = 20
+_KEY_PREFIX = "glyph_"
+
+
+class SyntheticSource(Source):
+    """``classes`` glyph classes with ``images_per_class`` drawings each, ``image_size`` pixels
+    square, deterministic given ``seed``."""
+
+    kind = "synthetic"
+
+    def __init__(self, classes: int = 400, images_per_class: int = 20, image_size: int = 28, seed: int = 0) -> None:
+        if classes < 1 or images_per_class < 1 or image_size < 4:
+            raise ValueError(
+                f"synthetic source needs classes >= 1, images_per_class >= 1 and image_size >= 4, "
+                f"got {classes}, {images_per_class}, {image_size}"
+            )
+        self.num_classes = classes
+        self.images_per_class = images_per_class
+        self.image_size = image_size
+        self.seed = seed
+
+    @property
+    def location(self) -> None:
+        return None
+
+    def classes(self) -> list[ClassInfo]:
+        return [
+            ClassInfo(key=f"{_KEY_PREFIX}{i:05d}", group=f"alphabet_{i // CLASSES_PER_ALPHABET:03d}")
+            for i in range(self.num_classes)
+        ]
+
+    def images(self, key: str) -> list[np.ndarray]:
+        return list(self.class_images(_class_index(key, self.num_classes)))
+
+    def class_images(self, index: int) -> np.ndarray:
+        """The drawings of class ``index`` as one ``uint8 [images_per_class, size, size]`` array."""
+        rng = np.random.default_rng([self.seed, index])
+        return glyphs.glyph_images(glyphs.random_glyph(rng), self.images_per_class, self.image_size, rng)
+
+    def digest(self) -> str:
+        """Hash of the generator version and its parameters (the images follow from them)."""
+        params = {
+            "generator": GENERATOR_VERSION,
+            "classes": self.num_classes,
+            "images_per_class": self.images_per_class,
+            "image_size": self.image_size,
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def _class_index(key: str, count: int) -> int:
+    digits = key.removeprefix(_KEY_PREFIX)
+    if key == digits or not digits.isdigit() or int(digits) >= count:
+        raise KeyError(f"synthetic source has no class {key!r} (keys are {_KEY_PREFIX}00000..{count - 1:05d})")
+    return int(digits)

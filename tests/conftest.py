@@ -1,0 +1,77 @@
+"""Shared pytest fixtures. Ray starts once per session (5-8 s); tests that need it ask for it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def pipeline_ray():
+    """A real local Ray (2 CPUs, no dashboard) for the whole test session."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+# --- tasks/ fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tasks_omniglot_dir():
+    """The real Omniglot zips (``<repo>/../shared/data/omniglot``); skips the test when absent."""
+    from pathlib import Path
+
+    path = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "omniglot").resolve()
+    if not all((path / f"{name}.zip").is_file() for name in ("images_background", "images_evaluation")):
+        pytest.skip(f"real Omniglot not found: {path} lacks images_background.zip / images_evaluation.zip")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tasks_small_spec():
+    """A small synthetic build: 40 classes x 10 images of 28x28 (train 24 / val 8 / test 8)."""
+    from tasks.build import BuildSpec
+
+    return BuildSpec(synthetic_classes=40, synthetic_images_per_class=10, val_classes=8, test_classes=8, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tasks_small_dataset(tmp_path_factory, tasks_small_spec):
+    """That small synthetic dataset, built once per session; copy it before modifying it."""
+    from tasks.build import build_dataset
+
+    out = tmp_path_factory.mktemp("tasks") / "small"
+    build_dataset(tasks_small_spec, out)
+    return out
+
+
+@pytest.fixture
+def tasks_dataset_copy(tmp_path, tasks_small_dataset):
+    """A private copy of the small dataset that a test may damage."""
+    import shutil
+
+    return shutil.copytree(tasks_small_dataset, tmp_path / "dataset")
+
+
+@pytest.fixture
+def tasks_snapshot():
+    """A function mapping a directory to {relative path: sha256} of every file under it."""
+    import hashlib
+    from pathlib import Path
+
+    def snapshot(root):
+        root = Path(root)
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    return snapshot
