@@ -1,0 +1,283 @@
+"""``learn2tune``: build | search | evaluate | register | run | bench | ui.
+
+Heavy libraries (torch, ray, mlflow, optuna) are imported inside the commands, so ``--help``
+answers at once. Bad input ends with one line ``learn2tune: error: ...`` and exit status 2,
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
+DEFAULT_CONFIG = Path("configs/quickstart.yaml")
+SOURCES = ("synthetic", "omniglot", "folder")
+BENCHMARKS = ("sampler", "maml")
+EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+out = functools.partial(print, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines about database setup
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    errors = _user_errors()
+    from pipeline.errors import SearchFailed, SearchInterrupted
+
+    try:
+        return args.handler(args) or 0
+    except errors as exc:
+        print(f"learn2tune: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except SearchFailed as exc:
+        print(f"learn2tune: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SearchInterrupted as exc:
+        print(f"learn2tune: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("learn2tune: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from learners.registry import HyperparamError, UnknownFamilyError
+    from pipeline.errors import PipelineError
+    from tasks.errors import DatasetError, EpisodeError
+
+    return (PipelineError, DatasetError, EpisodeError, UnknownFamilyError, HyperparamError)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline import datasets
+
+    config = _config(args)
+    datasets.build(config, out, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from pipeline.search import search
+
+    search(_config(args), out, os.environ, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate
+
+    evaluate(_config(args), out)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from pipeline.register import register
+
+    register(_config(args), out)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import datasets
+    from pipeline.evaluate import evaluate
+    from pipeline.ray_runtime import check_trial_resources, connect
+    from pipeline.register import register
+    from pipeline.report import run_summary
+    from pipeline.search import search
+
+    config = _config(args)
+    datasets.validate_build(config)
+    connect(config.ray.address, os.environ)
+    check_trial_resources(config.search.resources)
+    out(f"== build: {config.data.source} -> {config.dataset_dir}")
+    datasets.build(config, out, overwrite=args.overwrite)
+    store = datasets.open_dataset(config)
+    datasets.check_search_episodes(store, config)
+    datasets.check_test_episodes(store, config)
+    out("\n== search")
+    search(config, out, os.environ)
+    out("\n== evaluate")
+    evaluation = evaluate(config, out)
+    out("\n== register")
+    registered = register(config, out)
+    out("\n" + run_summary(evaluation, registered))
+    out("\nbrowse runs, curves and the registry with:\n  " + " ".join(ui_command(config)))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    from pipeline.errors import PipelineError
+
+    status = 0
+    for name in [args.benchmark] if args.benchmark else BENCHMARKS:
+        try:
+            module = importlib.import_module(f"benchmarks.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("benchmarks", f"benchmarks.{name}"):
+                raise
+            raise PipelineError(f"benchmark {name!r} is not available (no module benchmarks.{name})") from None
+        status = status or (module.main(args.bench_args) or 0)
+    return status
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if "://" in config.tracking.uri and not config.tracking.uri.startswith("sqlite:"):
+        out(f"the tracking server at {config.tracking.uri} serves the MLflow UI itself")
+        return 0
+    command = ui_command(config, args.port)
+    out(" ".join(command))
+    env = dict(os.environ, PATH=f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    os.execve(command[0], command, env)
+    return 0  # not reached: execve replaces this process
+
+
+def ui_command(config: Config, port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line for this config's tracking store, bound to 127.0.0.1."""
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    return [str(mlflow_bin), "ui", "--backend-store-uri", config.tracking.uri, "--host", "127.0.0.1", "--port", str(port)]
+
+
+# ---------------------------------------------------------------- config from arguments
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from pipeline.config import load_config, parse_assignment
+
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    overrides = [parse_assignment(text) for text in args.set] + _flag_overrides(args)
+    return load_config(path, overrides, cwd=Path.cwd(), environ=os.environ)
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The dedicated flags as (dotted.key, value) pairs, values read like ``--set`` values."""
+    from pipeline.config import parse_list, parse_scalar
+
+    pairs = []
+    for flag, (key, parse) in FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is None or value is False:
+            continue
+        pairs.append((key, {"scalar": parse_scalar, "list": parse_list, "text": str, "true": bool}[parse](value)))
+    return pairs
+
+
+# attribute -> (config field, how to read the flag's text)
+FLAG_FIELDS: dict[str, tuple[str, str]] = {
+    "experiment": ("name", "text"),
+    "source": ("data.source", "text"),
+    "path": ("data.path", "text"),
+    "split": ("data.split", "text"),
+    "rotations": ("data.rotations", "true"),
+    "out": ("data.dir", "text"),
+    "families": ("search.families", "list"),
+    "trials": ("search.trials", "scalar"),
+    "max_iterations": ("search.max_iterations", "scalar"),
+    "cpus_per_trial": ("search.resources.cpu", "scalar"),
+    "gpus_per_trial": ("search.resources.gpu", "scalar"),
+    "address": ("ray.address", "text"),
+    "ways": ("episodes.test.ways", "list"),
+    "shots": ("episodes.test.shots", "list"),
+    "episodes": ("episodes.test.episodes", "scalar"),
+    "model_name": ("registry.model_name", "text"),
+}
+
+
+# ---------------------------------------------------------------- argument parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="learn2tune",
+        description="AutoML for few-shot meta-learning: build episodic datasets, search learner "
+        "families with Ray Tune, evaluate on meta-test episodes, register the winner in MLflow.",
+        epilog="Every command reads a YAML config (default: configs/quickstart.yaml when present) "
+        "and --set section.key=value overrides.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = _command(commands, "build", cmd_build, "build the episodic Parquet dataset", positional_config=False)
+    build.add_argument("source", nargs="?", choices=SOURCES, help="image source (default: data.source)")
+    build.add_argument("-c", "--config", help="YAML config file")
+    build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
+    build.add_argument("--split", help="class split: random | by-alphabet")
+    build.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as new classes")
+    build.add_argument("--out", help="dataset directory (default: <workdir>/datasets/<name>)")
+    build.add_argument("--overwrite", action="store_true", help="replace a dataset built with other settings")
+
+    search = _command(commands, "search", cmd_search, "search learner families and hyperparameters with Ray Tune")
+    _search_flags(search)
+    search.add_argument("--resume", action="store_true", help="finish an interrupted search of this experiment")
+
+    evaluate = _command(commands, "evaluate", cmd_evaluate, "score the best trials on fixed meta-test episodes")
+    _evaluate_flags(evaluate)
+
+    register = _command(commands, "register", cmd_register, "register the winner in the MLflow Model Registry")
+    _register_flags(register)
+
+    run = _command(commands, "run", cmd_run, "build, search, evaluate and register in one go")
+    run.add_argument("--overwrite", action="store_true", help="replace a dataset built with other settings")
+    _search_flags(run)
+    _evaluate_flags(run)
+    _register_flags(run)
+
+    bench = commands.add_parser("bench", help="run the speed benchmarks", description="run the speed benchmarks")
+    bench.add_argument("benchmark", nargs="?", choices=BENCHMARKS, help="one benchmark (default: all)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    bench.set_defaults(handler=cmd_bench)
+
+    ui = _command(commands, "ui", cmd_ui, "start the MLflow UI on this config's tracking store (127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    return parser
+
+
+def _command(
+    commands: Any, name: str, handler: Callable, help: str, positional_config: bool = True
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=help)
+    if positional_config:
+        parser.add_argument("config", nargs="?", help="YAML config file (default: configs/quickstart.yaml)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. search.trials=4"
+    )
+    parser.add_argument("--experiment", metavar="NAME", help="experiment name (config field 'name')")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _search_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--families", help="comma-separated learner families, or 'all'")
+    parser.add_argument("--trials", help="number of trials")
+    parser.add_argument("--max-iterations", help="meta-iterations per trial (ASHA max_t)")
+    parser.add_argument("--cpus-per-trial", help="CPUs per trial")
+    parser.add_argument("--gpus-per-trial", help="GPUs per trial (fractions share a GPU)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+
+
+def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ways", help="comma-separated test ways, e.g. 5,20")
+    parser.add_argument("--shots", help="comma-separated test shots, e.g. 1,5")
+    parser.add_argument("--episodes", help="test episodes per setting")
+
+
+def _register_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", dest="model_name", help="registered model name (default: the experiment name)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""The pipeline configuration: a YAML file plus command-line overrides, validated once, up front.
+
+Every field has a default, so a file can be three lines long. :func:`load_config` returns a
+resolved :class:`Config`: derived defaults filled in (dataset dir, tracking URI, experiment
+and model names) and every path absolute, so stages and Ray workers (which run in other
+directories) all see the same locations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.schema import (
+    Boolean,
+    Integer,
+    ListOf,
+    Number,
+    OneOf,
+    Optional,
+    Table,
+    Text,
+    parse,
+    section,
+    setting,
+)
+
+NAME = Text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_' or '-'")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How to build the episodic dataset (``tasks.build.BuildSpec``) and where it lives."""
+
+    source: str = setting("synthetic", OneOf(("synthetic", "omniglot", "folder")))
+    path: str | None = setting(None, Optional(Text()))
+    split: str = setting("random", OneOf(("random", "by-alphabet")))
+    # a class count, or a fraction of the classes; null: the source's default
+    val_classes: float | None = setting(None, Optional(Number(0, positive=True)))
+    test_classes: float | None = setting(None, Optional(Number(0, positive=True)))
+    rotations: bool = setting(False, Boolean())
+    image_size: int = setting(28, Integer(4))
+    channels: int | None = setting(None, Optional(OneOf((1, 3))))
+    seed: int | None = setting(None, Optional(Integer(0)))  # null: the top-level seed
+    synthetic_classes: int = setting(400, Integer(3))
+    synthetic_images_per_class: int = setting(20, Integer(2))
+    dir: str | None = setting(None, Optional(Text()))  # null: <workdir>/datasets/<name>
+
+
+@dataclass(frozen=True)
+class TrainEpisodes:
+    ways: int = setting(5, Integer(2))
+    shots: int = setting(1, Integer(1))
+    query: int = setting(15, Integer(1))
+
+
+@dataclass(frozen=True)
+class ValEpisodes:
+    episodes: int = setting(100, Integer(1))
+
+
+@dataclass(frozen=True)
+class TestEpisodes:
+    ways: tuple[int, ...] = setting((5,), ListOf(Integer(2)))
+    shots: tuple[int, ...] = setting((1,), ListOf(Integer(1)))
+    query: int = setting(15, Integer(1))
+    episodes: int = setting(600, Integer(1))
+
+    def settings(self) -> list[tuple[int, int]]:
+        """Every (ways, shots) pair to evaluate; the first is the primary one."""
+        return [(w, s) for w in self.ways for s in self.shots]
+
+
+@dataclass(frozen=True)
+class EpisodesConfig:
+    train: TrainEpisodes = section(TrainEpisodes)
+    meta_batch: int = setting(8, Integer(1))
+    val: ValEpisodes = section(ValEpisodes)
+    test: TestEpisodes = section(TestEpisodes)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = setting(1, Number(0, positive=True))
+    gpu: float = setting(0, Number(0))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    families: tuple[str, ...] = setting(("protonet", "maml"), ListOf(Text()))
+    trials: int = setting(8, Integer(1))
+    max_iterations: int = setting(400, Integer(1))
+    grace_iterations: int = setting(100, Integer(1))
+    eval_every: int = setting(50, Integer(1))
+    checkpoint_every: int = setting(50, Integer(1))
+    max_concurrent: int | None = setting(None, Optional(Integer(1)))
+    fixed: dict = setting({}, Table())
+    resources: Resources = section(Resources)
+    max_failures: int = setting(1, Integer(0))
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = setting(None, Optional(Text()))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None = setting(None, Optional(Text()))
+    experiment: str | None = setting(None, Optional(Text()))
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    model_name: str | None = setting(None, Optional(NAME))
+    top_k: int = setting(1, Integer(1))
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = setting("quickstart", NAME)
+    seed: int = setting(0, Integer(0))
+    workdir: str = setting("runs", Text())
+    data: DataConfig = section(DataConfig)
+    episodes: EpisodesConfig = section(EpisodesConfig)
+    search: SearchConfig = section(SearchConfig)
+    ray: RayConfig = section(RayConfig)
+    tracking: TrackingConfig = section(TrackingConfig)
+    registry: RegistryConfig = section(RegistryConfig)
+    device: str = setting("auto", OneOf(("auto", "cpu", "cuda")))
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.data.dir)
+
+    @property
+    def experiment_dir(self) -> Path:
+        """The Tune experiment directory: ``<workdir>/tune/<name>``."""
+        return Path(self.workdir) / "tune" / self.name
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: Iterable[tuple[str, Any]] = (),
+    *,
+    cwd: Path,
+    environ: Mapping[str, str],
+) -> Config:
+    """The validated, resolved config from ``path`` (None: all defaults) and ``overrides``.
+
+    ``overrides`` are ``(dotted.key, value)`` pairs applied on top of the file.
+    """
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for key, value in overrides:
+        _assign(raw, key, value)
+    config = parse(Config, raw)
+    _validate(config)
+    return _resolve(config, cwd, environ)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``section.key=value`` from ``--set`` as a (key, value) pair; the value is a YAML scalar."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    return key.strip(), parse_scalar(value)
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value read as YAML (``5`` -> 5, ``true`` -> True, ``[1, 5]`` -> list)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def parse_list(text: str) -> list[Any]:
+    """A comma-separated command-line list, each item a YAML scalar (``5,20`` -> [5, 20])."""
+    return [parse_scalar(item) for item in text.split(",")]
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _assign(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set key {dotted!r} is not a dotted field name")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate(config: Config) -> None:
+    """Checks that involve more than one field, or the learner registry."""
+    search = config.search
+    if search.grace_iterations > search.max_iterations:
+        raise ConfigError(
+            f"search.grace_iterations ({search.grace_iterations}) must be <= "
+            f"search.max_iterations ({search.max_iterations})"
+        )
+    if search.eval_every > search.max_iterations:
+        raise ConfigError(
+            f"search.eval_every ({search.eval_every}) must be <= search.max_iterations ({search.max_iterations})"
+        )
+    if search.checkpoint_every % search.eval_every:
+        raise ConfigError(
+            f"search.checkpoint_every ({search.checkpoint_every}) must be a multiple of "
+            f"search.eval_every ({search.eval_every}): checkpoints are saved with val reports"
+        )
+    if search.resources.gpu > 0 and config.device == "cpu":
+        raise ConfigError(f"search.resources.gpu is {search.resources.gpu:g} but device is 'cpu'")
+    _validate_families(search)
+
+
+def _validate_families(search: SearchConfig) -> None:
+    from learners.registry import HyperparamError, UnknownFamilyError, family_names, make_hparams
+
+    known = family_names()
+    names = known if search.families == ("all",) else search.families
+    for name in names:
+        if name not in known:
+            raise ConfigError(
+                f"search.families: unknown learner family {name!r}; choose from: 'all', {', '.join(known)}"
+            )
+    for family, values in search.fixed.items():
+        if family not in known:
+            raise ConfigError(
+                f"search.fixed.{family}: unknown learner family {family!r}; choose from: {', '.join(known)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"search.fixed.{family} must be a mapping of hyperparameters, got {values!r}")
+        try:
+            make_hparams(family, values)
+        except (HyperparamError, UnknownFamilyError) as exc:
+            raise ConfigError(f"search.fixed.{family}: {exc}") from None
+
+
+def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
+    """Fill derived defaults and make every path absolute."""
+    from learners.registry import family_names
+
+    workdir = _absolute(config.workdir, cwd)
+    data = config.data
+    data = dataclasses.replace(
+        data,
+        path=str(_absolute(data.path, cwd)) if data.path is not None else None,
+        dir=str(_absolute(data.dir, cwd) if data.dir else workdir / "datasets" / config.name),
+        seed=config.seed if data.seed is None else data.seed,
+    )
+    families = tuple(family_names()) if config.search.families == ("all",) else config.search.families
+    search = dataclasses.replace(config.search, families=tuple(dict.fromkeys(families)))
+    tracking = dataclasses.replace(
+        config.tracking,
+        uri=_absolute_uri(config.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", cwd),
+        experiment=config.tracking.experiment or config.name,
+    )
+    registry = dataclasses.replace(config.registry, model_name=config.registry.model_name or config.name)
+    return dataclasses.replace(
+        config, workdir=str(workdir), data=data, search=search, tracking=tracking, registry=registry
+    )
+
+
+def _absolute(path: str, cwd: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else cwd / p
+
+
+def _absolute_uri(uri: str, cwd: Path) -> str:
+    """Tracking URIs with a relative SQLite or file path, made absolute against ``cwd``."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(_absolute(uri.removeprefix("sqlite:///"), cwd))
+    if "://" not in uri:
+        return str(_absolute(uri, cwd))
+    return uri

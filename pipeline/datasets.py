@@ -1,0 +1,64 @@
+"""The build stage, and opening a built dataset with the episode checks every stage needs first."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from pipeline.config import Config, DataConfig
+from pipeline.errors import ConfigError
+from tasks.build import BuildSpec, build_dataset, validate_build_spec
+from tasks.episodes import EpisodeSpec
+from tasks.errors import EpisodeError
+from tasks.sampler import check_episode as check_split_episode
+from tasks.store import DatasetStore
+
+
+def build_spec(data: DataConfig) -> BuildSpec:
+    """The ``BuildSpec`` for a (resolved) data section (every field but ``dir``)."""
+    fields = {f.name for f in dataclasses.fields(BuildSpec)}
+    return BuildSpec(**{k: v for k, v in dataclasses.asdict(data).items() if k in fields})
+
+
+def validate_build(config: Config) -> None:
+    """Everything ``build`` would reject in the data section, checked without writing anything."""
+    try:
+        validate_build_spec(build_spec(config.data))
+    except ValueError as exc:  # the message names the data.<field>
+        raise ConfigError(str(exc)) from None
+
+
+def build(config: Config, out: Callable[[str], None], overwrite: bool = False) -> dict[str, Any]:
+    """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``."""
+    validate_build(config)
+    manifest = build_dataset(build_spec(config.data), config.dataset_dir, overwrite=overwrite, progress=out)
+    out(f"dataset {config.dataset_dir} (fingerprint {manifest['fingerprint'][:12]})")
+    return manifest
+
+
+def open_dataset(config: Config) -> DatasetStore:
+    """The dataset in ``config.dataset_dir``; DatasetError when it is missing or not a dataset."""
+    return DatasetStore.open(config.dataset_dir)
+
+
+def check_search_episodes(store: DatasetStore, config: Config) -> None:
+    """Training and validation episodes must fit the train and val splits."""
+    train = config.episodes.train
+    spec = EpisodeSpec(train.ways, train.shots, train.query)
+    check_episode(store, "train", spec, "episodes.train")
+    check_episode(store, "val", spec, "episodes.train (used for validation)")
+
+
+def check_test_episodes(store: DatasetStore, config: Config) -> None:
+    """Every (ways, shots) test setting must fit the test split."""
+    test = config.episodes.test
+    for ways, shots in test.settings():
+        check_episode(store, "test", EpisodeSpec(ways, shots, test.query), "episodes.test")
+
+
+def check_episode(store: DatasetStore, split_name: str, spec: EpisodeSpec, field: str) -> None:
+    """An EpisodeError naming ``field`` when ``spec`` cannot be drawn from split ``split_name``."""
+    try:
+        check_split_episode(store.split(split_name), spec)
+    except EpisodeError as exc:
+        raise EpisodeError(f"{field} ({store.path}): {exc}") from None

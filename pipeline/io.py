@@ -1,0 +1,35 @@
+"""Small file helpers: atomic JSON writes and JSON reads with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temp file and rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, missing_hint: str) -> Any:
+    """The JSON in ``path``; a PipelineError with ``missing_hint`` when it does not exist."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} does not exist; {missing_hint}") from None
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None

@@ -1,0 +1,43 @@
+"""Concise progress lines while Tune runs (instead of Tune's periodic status tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune import Callback
+
+from pipeline.space import FAMILY_KEY, INDEX_KEY
+from pipeline.table import format_params
+
+
+class ProgressLines(Callback):
+    """One line per trial start, val report, stop and error, printed by the driver.
+
+    Stateless (Tune pickles its callbacks with the experiment, for ``Tuner.restore``).
+    """
+
+    @staticmethod
+    def _out(line: str) -> None:
+        print(line, flush=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        params = format_params(
+            {k.split(".", 1)[-1]: v for k, v in trial.config.items() if k not in (FAMILY_KEY, INDEX_KEY)}
+        )
+        self._out(f"  [{trial.trial_id}] start {trial.config.get(FAMILY_KEY)} {params}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._out(
+            f"  [{trial.trial_id}] iter {result['iteration']:>6}  loss {result['loss']:.3f}  "
+            f"train acc {result['train_accuracy']:.3f}  val acc {result['val_accuracy']:.3f}"
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result.get("iteration", 0)
+        self._out(f"  [{trial.trial_id}] stopped at iteration {last}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._out(f"  [{trial.trial_id}] failed; restarting from its last checkpoint")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._out(f"  [{trial.trial_id}] FAILED (details in the summary below)")

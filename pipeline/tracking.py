@@ -1,0 +1,133 @@
+"""MLflow conventions: one experiment per config, a parent run per search, a child run per trial.
+
+Everything goes through an explicit :class:`mlflow.MlflowClient` (no fluent active-run state),
+so trials running side by side in one Ray worker process cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+TRIAL_TAG = "learn2tune.trial_id"
+ROLE_TAG = "learn2tune.role"
+MAX_PARAM_LENGTH = 6000
+
+
+def make_client(uri: str) -> MlflowClient:
+    """A client for the tracking store at ``uri`` (the registry lives in the same store)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Where artifacts go for a local SQLite store (``mlartifacts`` beside the database)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    return None
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of MLflow experiment ``name``, created (artifacts beside a SQLite store) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise PipelineError(
+                f"MLflow experiment {name!r} is deleted; restore it in the MLflow UI or set tracking.experiment"
+            )
+        return experiment.experiment_id
+    root = artifact_root(uri)
+    location = (root / name).as_uri() if root is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def find_experiment(client: MlflowClient, name: str) -> str:
+    """The id of an existing, active MLflow experiment ``name``."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        raise PipelineError(f"MLflow experiment {name!r} does not exist in this tracking store")
+    return experiment.experiment_id
+
+
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+) -> str:
+    """A new RUNNING run; nested under ``parent_run_id`` when given."""
+    all_tags = dict(tags)
+    if parent_run_id is not None:
+        all_tags[PARENT_RUN_TAG] = parent_run_id
+    return client.create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
+
+
+def trial_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, name: str
+) -> tuple[str, bool]:
+    """The child run of trial ``trial_id`` and whether it is new (a restarted trial reuses its run)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        max_results=1,
+    )
+    if runs:
+        client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id, False
+    tags = {TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+    return start_run(client, experiment_id, name, tags, parent_run_id), True
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+    """Trial id -> child run of ``parent_run_id``."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'", max_results=10000
+    )
+    return {run.data.tags[TRIAL_TAG]: run for run in runs if TRIAL_TAG in run.data.tags}
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log the finite numeric entries of ``metrics`` at ``step``."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ]
+    client.log_batch(run_id, metrics=items)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b": value}``; lists and tuples as comma-joined strings."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = ",".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,136 @@
+"""The Ray Tune function trainable: meta-train one learner config, report val accuracy, checkpoint.
+
+Runs inside a Ray worker (in the trial's own directory, so every path it gets is absolute).
+Each trial logs to its own nested MLflow run, found or created under the search's parent run
+by trial id, so a trial restarted after a failure keeps logging to the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from ray import tune
+
+from learners.base import Learner
+from learners.checkpoint import build_learner, load_learner, save_learner
+from learners.registry import make_hparams
+from pipeline import tracking
+from pipeline.config import Config
+from pipeline.device import pick_device
+from pipeline.scoring import episode_accuracies
+from pipeline.space import FAMILY_KEY, INDEX_KEY, trial_hparams
+from tasks.episodes import EpisodeSpec
+from tasks.sampler import EpisodeSampler, fixed_episodes
+from tasks.store import DatasetStore
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the driver hands every trial, besides the trial's own sampled config."""
+
+    config: Config
+    experiment_id: str
+    parent_run_id: str
+
+
+def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
+    """Meta-train the learner ``trial_config`` describes until ``max_iterations`` (or ASHA stops it)."""
+    config = context.config
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per saved checkpoint
+    trial_id = tune.get_context().get_trial_id()
+    family = trial_config[FAMILY_KEY]
+    hparams = make_hparams(family, trial_hparams(trial_config, config.search.fixed))
+    index = trial_config[INDEX_KEY]
+    seed = config.seed + index
+    torch.set_num_threads(max(1, int(config.search.resources.cpu)))
+    device = pick_device(config.device)
+
+    store = DatasetStore.open(config.dataset_dir)
+    learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device)
+    client = tracking.make_client(config.tracking.uri)
+    run_id, new_run = tracking.trial_run(
+        client, context.experiment_id, context.parent_run_id, trial_id, f"{family}-{index:03d}"
+    )
+    if new_run:
+        params = {"family": family, "seed": seed, **dataclasses.asdict(hparams)}
+        tracking.log_params(client, run_id, params)
+    try:
+        _train(learner, start, store, config, seed, client, run_id, family)
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+
+def _initial_learner(
+    family: str, hparams: Any, image_shape: tuple[int, int, int], config: Config, seed: int, device: torch.device
+) -> tuple[Learner, int]:
+    """A fresh learner seeded for this trial, or the one in Tune's checkpoint when resuming."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            learner, extra = load_learner(directory, device)
+        return learner, int(extra["iteration"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    spec = {
+        "family": family,
+        "hparams": dataclasses.asdict(hparams),
+        "image_shape": list(image_shape),
+        "ways": config.episodes.train.ways,
+    }
+    return build_learner(spec, device), 0
+
+
+def _train(
+    learner: Learner,
+    start: int,
+    store: DatasetStore,
+    config: Config,
+    seed: int,
+    client: MlflowClient,
+    run_id: str,
+    family: str,
+) -> None:
+    search, episodes = config.search, config.episodes
+    target = EpisodeSpec(episodes.train.ways, episodes.train.shots, episodes.train.query)
+    # A resumed trial draws fresh episodes rather than replaying the ones before its checkpoint.
+    sampler_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
+    train_split = store.split("train")
+    wanted = learner.training_spec(target)
+    # A family that trains with more ways than configured (ProtoNet's train_ways) gets at most
+    # every class of the split, rather than a trial that fails on a small dataset.
+    spec = dataclasses.replace(wanted, ways=min(wanted.ways, train_split.num_classes))
+    sampler = EpisodeSampler(train_split, spec, tasks=episodes.meta_batch, seed=sampler_seed)
+    val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
+    device = learner.device
+    window: list[dict[str, float]] = []
+    for iteration in range(start + 1, search.max_iterations + 1):
+        window.append(learner.meta_train_step(sampler.sample().to(device)))
+        loss = window[-1]["loss"]
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{family} training loss became {loss} at iteration {iteration}")
+        last = iteration == search.max_iterations
+        if iteration % search.eval_every and not last:
+            continue
+        metrics = {
+            "iteration": iteration,
+            "loss": float(np.mean([m["loss"] for m in window])),
+            "train_accuracy": float(np.mean([m["accuracy"] for m in window])),
+            "val_accuracy": float(episode_accuracies(learner, val_batches, device).mean()),
+        }
+        window = []
+        tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k != "iteration"}, iteration)
+        if iteration % search.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
+                save_learner(learner, directory, {"iteration": iteration})
+                tune.report({**metrics, FAMILY_KEY: family}, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report({**metrics, FAMILY_KEY: family})

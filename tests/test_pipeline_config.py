@@ -1,0 +1,101 @@
+"""Config validation: unknown keys, bad values, cross-field rules, registry-backed checks, resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config, parse_assignment
+from pipeline.errors import ConfigError
+
+
+def load(tmp_path: Path, text: str | None = None, *sets: str, environ: dict | None = None):
+    path = None
+    if text is not None:
+        path = tmp_path / "config.yaml"
+        path.write_text(text)
+    overrides = [parse_assignment(s) for s in sets]
+    return load_config(path, overrides, cwd=tmp_path, environ=environ or {})
+
+
+def error(tmp_path: Path, text: str | None = None, *sets: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, *sets)
+    return str(info.value)
+
+
+def test_three_line_file_gets_every_default_resolved(tmp_path):
+    config = load(tmp_path, "name: tiny\nsearch:\n  trials: 2\n")
+    assert config.search.trials == 2 and config.search.max_iterations == 400
+    assert config.data.dir == str(tmp_path / "runs" / "datasets" / "tiny")
+    assert config.experiment_dir == tmp_path / "runs" / "tune" / "tiny"
+    assert config.tracking.uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert config.tracking.experiment == "tiny" and config.registry.model_name == "tiny"
+    assert config.data.seed == config.seed == 0
+
+
+def test_unknown_key_names_the_field_and_suggests(tmp_path):
+    message = error(tmp_path, "search:\n  familes: [maml]\n")
+    assert message == "config error: search.familes is not a field; did you mean search.families?"
+    assert "episodes.train.wayz is not a field; did you mean episodes.train.ways?" in error(
+        tmp_path, None, "episodes.train.wayz=5"
+    )
+    assert "allowed: name, seed" in error(tmp_path, "zzzzzz: 1\n")
+
+
+@pytest.mark.parametrize(
+    "assignment, expected",
+    [
+        ("episodes.train.ways=five", "episodes.train.ways must be an integer >= 2, got 'five'"),
+        ("episodes.train.ways=1", "episodes.train.ways must be an integer >= 2, got 1"),
+        ("search.resources.gpu=-1", "search.resources.gpu must be a number >= 0, got -1"),
+        ("search.resources.cpu=0", "search.resources.cpu must be a number > 0, got 0"),
+        ("device=tpu", "device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        ("data.rotations=maybe", "data.rotations must be true or false, got 'maybe'"),
+        ("name=has space", "name must be a name of letters"),
+        ("episodes.test.ways=[5, x]", "episodes.test.ways must be a non-empty list, each an integer >= 2, got [5, 'x']"),
+        ("search.grace_iterations=500", "search.grace_iterations (500) must be <= search.max_iterations (400)"),
+        ("search.checkpoint_every=75", "must be a multiple of search.eval_every (50)"),
+        ("episodes=3", "episodes must be a mapping, got 3"),
+    ],
+)
+def test_bad_values_name_the_field_and_what_is_allowed(tmp_path, assignment, expected):
+    assert expected in error(tmp_path, None, assignment)
+
+
+def test_lists_accept_a_single_value_and_all_families(tmp_path):
+    from learners.registry import family_names
+
+    config = load(tmp_path, None, "episodes.test.ways=20", "search.families=all")
+    assert config.episodes.test.ways == (20,)
+    assert config.search.families == tuple(family_names())
+
+
+def test_unknown_family_is_rejected_with_the_choices(tmp_path):
+    message = error(tmp_path, "search:\n  families: [protonet, siamesee]\n")
+    assert "search.families: unknown learner family 'siamesee'; choose from: 'all', protonet" in message
+
+
+def test_fixed_hyperparameters_are_checked_against_the_family(tmp_path):
+    message = error(tmp_path, "search:\n  fixed: {protonet: {inner_steps: 1}}\n")
+    assert message.startswith("config error: search.fixed.protonet: protonet has no hyperparameter 'inner_steps'")
+    assert "allowed:" in message
+    assert "search.fixed.nope: unknown learner family" in error(tmp_path, None, "search.fixed.nope.x=1")
+
+
+def test_file_problems_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file .* does not exist"):
+        load_config(tmp_path / "nope.yaml", cwd=tmp_path, environ={})
+    assert "is not valid YAML (line 3)" in error(tmp_path, "name: a\nsearch: [\n")
+    assert "must hold a mapping of sections" in error(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="--set expects section.key=value"):
+        parse_assignment("search.trials")
+
+
+def test_tracking_uri_from_environment_and_relative_paths_made_absolute(tmp_path):
+    config = load(tmp_path, None, environ={"MLFLOW_TRACKING_URI": "sqlite:///other/x.db"})
+    assert config.tracking.uri == f"sqlite:///{tmp_path}/other/x.db"
+    config = load(tmp_path, None, "tracking.uri=http://mlflow.internal:5000", "workdir=/abs/w", "data.dir=d")
+    assert config.tracking.uri == "http://mlflow.internal:5000"
+    assert config.workdir == "/abs/w" and config.data.dir == str(tmp_path / "d")
