@@ -22,6 +22,8 @@ from pipeline.table import format_table
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
 
+IMAGES_PER_BATCH = 2000
+
 EVALUATION_FILE = "evaluation.json"
 
 Out = Callable[[str], None]
@@ -97,6 +99,11 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
     return evaluation
 
 
+def _tasks_per_batch(spec: EpisodeSpec) -> int:
+    """Episodes scored together: about ``IMAGES_PER_BATCH`` images, so 20-way 5-shot stays in memory."""
+    return max(1, IMAGES_PER_BATCH // (spec.ways * spec.images_per_class))
+
+
 def _evaluate_trial(trial: dict[str, Any], test_split, config: Config, device, out: Out) -> dict[str, Any]:
     test = config.episodes.test
     learner, _ = load_learner(trial["checkpoint"], device)
@@ -107,9 +114,14 @@ def _evaluate_trial(trial: dict[str, Any], test_split, config: Config, device, o
         except ValueError as exc:
             out(f"note: {trial['family']} trial {trial['trial_id']} skips {setting_key(ways, shots)}: {exc}")
             continue
-        episodes = fixed_episodes(test_split, EpisodeSpec(ways, shots, test.query), test.episodes, seed=config.seed)
+        spec = EpisodeSpec(ways, shots, test.query)
+        episodes = fixed_episodes(
+            test_split, spec, test.episodes, seed=config.seed, batch_tasks=_tasks_per_batch(spec)
+        )
         accuracy, ci95 = mean_ci95(episode_accuracies(learner, episodes, device))
-        results[setting_key(ways, shots)] = {"ways": ways, "shots": shots, "accuracy": accuracy, "ci95": ci95}
+        results[setting_key(ways, shots)] = {
+            "ways": ways, "shots": shots, "episodes": test.episodes, "accuracy": accuracy, "ci95": ci95
+        }
         out(f"  {trial['family']} trial {trial['trial_id']} {setting_key(ways, shots)}: {accuracy:.4f} ± {ci95:.4f}")
     keys = ("trial_id", "run_id", "family", "params", "hparams", "val_accuracy", "best_iteration", "checkpoint")
     return {**{k: trial[k] for k in keys}, "results": results}
