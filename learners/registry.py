@@ -11,8 +11,16 @@ from learners.base import Learner
 # Family name -> module that defines it. Modules are imported on first use.
 _FAMILY_MODULES: dict[str, str] = {
     "protonet": "learners.protonet",
+    "siamese": "learners.siamese",
+    "matching": "learners.matching",
+    "relation": "learners.relation",
     "maml": "learners.maml",
     "fomaml": "learners.maml",
+    "mann": "learners.mann",
+    "metanet": "learners.metanet",
+    "metasgd": "learners.metasgd",
+    "reptile": "learners.reptile",
+    "meta_lstm": "learners.meta_lstm",
 }
 
 

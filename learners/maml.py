@@ -1,0 +1,183 @@
+"""MAML and first-order MAML (Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning).
+
+Meta-parameters: a Conv-4 (stride-2 convolutions by default, Finn's Omniglot model) and a linear
+head with ``ways`` outputs. Each task adapts a copy with ``inner_steps`` SGD steps of size
+``inner_lr`` on its support set (Finn, Omniglot 5-way: 0.4, 1 step); the meta-update is Adam
+(``meta_lr``, Finn: 1e-3) on the mean query loss, differentiated through the inner loop (second
+order) or not (``first_order``; FOMAML). Evaluation adapts with ``test_inner_steps`` (Finn: 10).
+
+Batch-norm always uses the statistics of the batch it sees, as Finn's code does: the model is
+transductive (query logits depend on the task's other query images) and keeps no running stats.
+
+The meta-gradient has several equal formulations (:mod:`learners.meta_gradient`); the
+``path`` hyperparameter picks one, and ``"auto"`` times the candidates for this device on the
+first meta-batch (without applying any of them), keeps the fastest for the life of the learner
+and exposes it as ``chosen_path`` (timings in ``path_timings_ms``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from learners.backbone import DOWNSAMPLES, Conv4
+from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.meta_gradient import PATHS, MetaGradient, MetaStep
+from learners.space import Choice, Float, Int
+from tasks.episodes import EpisodeBatch
+
+# Candidates "auto" times, by device type. The vmap-ed paths are left out on CPUs, where their
+# grouped convolutions measured 2-3x slower than a task loop; a GPU gets every path.
+AUTO_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "cpu": ("loop", "split", "split-compiled"),
+    "cuda": PATHS,
+}
+AUTO_TIMED_RUNS = 3  # timed runs per candidate after one warm-up (which includes any compilation)
+
+
+@dataclass(frozen=True)
+class MAMLHyperparams(BackboneHyperparams):
+    """Shared by MAML and FOMAML."""
+
+    meta_lr: float = 1e-3
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    test_inner_steps: int = 10
+    downsample: str = "stride"
+    path: str = "auto"
+
+
+class MAML(Learner):
+    """Second-order MAML (first order with ``first_order=True``)."""
+
+    family: ClassVar[str] = "maml"
+    paper: ClassVar[str] = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
+
+    @dataclass(frozen=True)
+    class Hyperparams(MAMLHyperparams):
+        first_order: bool = False
+
+    search_space = {
+        "meta_lr": Float(1e-4, 1e-2, log=True),
+        "inner_lr": Float(1e-2, 1.0, log=True),
+        "inner_steps": Int(1, 5),
+        "width": Choice((32, 64, 128)),
+        "depth": Int(2, 4),
+    }
+
+    def __init__(self, hparams: MAMLHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
+        super().__init__(hparams, image_shape, ways)
+        _validate(hparams)
+        encoder = Conv4(image_shape, hparams.width, hparams.depth, hparams.downsample, running_stats=False)
+        self.net = nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
+        self.meta_gradient = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, self.first_order)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hparams.meta_lr)
+        self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path
+        self.path_timings_ms: dict[str, float] = {}
+
+    @property
+    def first_order(self) -> bool:
+        return self.hparams.first_order
+
+    def check_ways(self, ways: int) -> None:
+        if ways != self.ways:
+            raise ValueError(
+                f"{self.family} has a {self.ways}-way output head and cannot score {ways}-way episodes; "
+                f"train a {ways}-way {self.family} model for them"
+            )
+
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        self.check_ways(batch.ways)
+        if self.chosen_path is None:
+            self.chosen_path = self.choose_path(batch)
+        step = self.compute(self.chosen_path, batch)
+        for name, param in self.net.named_parameters():
+            param.grad = step.grads[name]
+        self.optimizer.step()
+        accuracy = (step.logits.argmax(-1) == batch.query_y).float().mean()
+        return {"loss": step.losses.mean().item(), "accuracy": accuracy.item()}
+
+    def compute(self, path: str, batch: EpisodeBatch) -> MetaStep:
+        """The meta-gradient of ``batch`` by ``path``, without applying it."""
+        params = dict(self.net.named_parameters())
+        return self.meta_gradient(path, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+
+    def auto_candidates(self) -> tuple[str, ...]:
+        """The paths ``"auto"`` times on this learner's device."""
+        return AUTO_CANDIDATES.get(self.device.type, ("loop", "split", "split-vmap"))
+
+    def choose_path(self, batch: EpisodeBatch) -> str:
+        """The fastest candidate on ``batch``: each warmed up once (compiling, if it compiles), then
+        timed interleaved; the lowest time wins (on a shared machine, load only ever adds time).
+        Nothing is applied to the weights."""
+        errors: dict[str, Exception] = {}
+        for path in self.auto_candidates():
+            try:
+                self.compute(path, batch)
+            except Exception as exc:  # a path this machine cannot run, e.g. torch.compile without a compiler
+                errors[path] = exc
+                warnings.warn(f"{self.family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
+        candidates = [path for path in self.auto_candidates() if path not in errors]
+        if not candidates:
+            raise next(iter(errors.values()))
+        runs: dict[str, list[float]] = {path: [] for path in candidates}
+        for _ in range(AUTO_TIMED_RUNS):
+            for path in candidates:
+                runs[path].append(self._timed(path, batch))
+        self.path_timings_ms = {path: min(times) * 1e3 for path, times in runs.items()}
+        return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
+
+    def _timed(self, path: str, batch: EpisodeBatch) -> float:
+        _synchronize(self.device)
+        start = time.perf_counter()
+        self.compute(path, batch)
+        _synchronize(self.device)
+        return time.perf_counter() - start
+
+    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        """Adapt on each task's support set (``test_inner_steps`` steps), then score its queries.
+
+        Returns logits without a graph; works under ``torch.no_grad`` and ``torch.inference_mode``.
+        """
+        self.check_ways(episode_ways(support_y))
+        params = {k: p.detach() for k, p in self.net.named_parameters()}
+        with torch.no_grad():
+            adapted = self.meta_gradient.adapt_tasks(params, support_x, support_y, self.hparams.test_inner_steps)
+            return torch.stack(
+                [torch.func.functional_call(self.net, {k: p[t] for k, p in adapted.items()}, (x,)) for t, x in enumerate(query_x)]
+            )
+
+
+class FOMAML(MAML):
+    """First-order MAML: MAML with ``first_order`` fixed (Finn et al. 2017, section 5.2)."""
+
+    family: ClassVar[str] = "fomaml"
+    Hyperparams = MAMLHyperparams
+
+    @property
+    def first_order(self) -> bool:
+        return True
+
+
+def _validate(hparams: MAMLHyperparams) -> None:
+    if hparams.downsample not in DOWNSAMPLES:
+        raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {hparams.downsample!r}")
+    if hparams.path != "auto" and hparams.path not in PATHS:
+        raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
+    if hparams.inner_steps < 1 or hparams.test_inner_steps < 1:
+        raise ValueError(
+            f"inner_steps and test_inner_steps must be at least 1, got {hparams.inner_steps} and {hparams.test_inner_steps}"
+        )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+FAMILIES = {"maml": MAML, "fomaml": FOMAML}

@@ -1,0 +1,106 @@
+"""Meta-SGD (Li, Zhou, Chen & Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning).
+
+MAML (:mod:`learners.maml`) whose scalar inner learning rate becomes a learned tensor ``α`` of the
+same shape as each parameter (direction and size of the inner step per coordinate): a task
+adapts with ``θ' = θ - α ⊙ ∇L_support(θ)`` and the outer Adam step updates ``θ`` and ``α``
+together on the mean query loss of the adapted weights.
+
+Choices made:
+
+- One inner step at meta-training and at test time by default, as in the paper (``α`` is learned
+  for exactly that step); more are allowed (``inner_steps``, ``test_inner_steps``).
+- ``α`` starts uniformly at random in ``[alpha_low, alpha_high]`` (the paper: ``[0.005, 0.1]``);
+  ``alpha_low == alpha_high`` gives a constant start. ``α`` is not constrained to stay positive
+  (the paper does not constrain it: a negative coordinate is a learned step direction).
+- The meta-gradient is second order (through the inner step) unless ``first_order``; it is
+  computed by MAML's own :class:`~learners.meta_gradient.MetaGradient` with the per-parameter
+  rate, so every MAML path (``loop``, ``vmap``, ``split``, ...) and the ``"auto"`` timing apply.
+- The network is MAML's: Conv-4 (stride-2 by default) plus a ``ways``-way linear head; batch-norm
+  uses batch statistics at training and test time (transductive, like Finn's MAML).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from learners.backbone import Conv4
+from learners.base import BackboneHyperparams, Learner
+from learners.maml import MAML, _validate
+from learners.meta_gradient import MetaGradient
+from learners.space import Choice, Float, Int
+from tasks.episodes import EpisodeBatch
+
+
+@dataclass(frozen=True)
+class MetaSGDHyperparams(BackboneHyperparams):
+    meta_lr: float = 1e-3
+    alpha_low: float = 0.005
+    alpha_high: float = 0.1
+    inner_steps: int = 1
+    test_inner_steps: int = 1
+    first_order: bool = False
+    downsample: str = "stride"
+    path: str = "auto"
+
+
+class MetaSGD(MAML):
+    """MAML with a meta-learned per-parameter inner learning rate ``α`` (``self.alpha``)."""
+
+    family: ClassVar[str] = "metasgd"
+    paper: ClassVar[str] = "Li, Zhou, Chen & Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning (arXiv:1707.09835)"
+    Hyperparams = MetaSGDHyperparams
+
+    search_space = {
+        "meta_lr": Float(1e-4, 1e-2, log=True),
+        "alpha_high": Float(0.01, 0.5, log=True),
+        "inner_steps": Int(1, 3),
+        "width": Choice((32, 64, 128)),
+        "depth": Int(2, 4),
+    }
+
+    def __init__(self, hparams: MetaSGDHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
+        Learner.__init__(self, hparams, image_shape, ways)  # MAML's own __init__ wants a scalar inner_lr
+        _validate(hparams)
+        if not 0.0 <= hparams.alpha_low <= hparams.alpha_high:
+            raise ValueError(
+                f"alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, got {hparams.alpha_low} and {hparams.alpha_high}"
+            )
+        encoder = Conv4(image_shape, hparams.width, hparams.depth, hparams.downsample, running_stats=False)
+        self.net = nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
+        names = [name for name, _ in self.net.named_parameters()]
+        # One α per parameter tensor, in the order of ``net.named_parameters()`` (parameter names
+        # contain dots, which a ParameterDict refuses).
+        self.alpha = nn.ParameterList(
+            nn.Parameter(torch.empty_like(p).uniform_(hparams.alpha_low, hparams.alpha_high)) for p in self.net.parameters()
+        )
+        self.alpha_by_name = dict(zip(names, self.alpha))  # the same Parameter objects, by name
+        self.meta_gradient = MetaGradient(self.net, self.alpha_by_name, hparams.inner_steps, hparams.first_order)
+        self.optimizer = torch.optim.Adam([*self.net.parameters(), *self.alpha], lr=hparams.meta_lr)
+        self.chosen_path = None if hparams.path == "auto" else hparams.path
+        self.path_timings_ms = {}
+
+    @property
+    def first_order(self) -> bool:
+        return self.hparams.first_order
+
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        self.check_ways(batch.ways)
+        if self.chosen_path is None:
+            self.chosen_path = self.choose_path(batch)
+        step = self.compute(self.chosen_path, batch)
+        for name, param in self.net.named_parameters():
+            param.grad = step.grads[name]
+        for name, alpha in self.alpha_by_name.items():
+            alpha.grad = step.lr_grads[name]
+        self.optimizer.step()
+        accuracy = (step.logits.argmax(-1) == batch.query_y).float().mean()
+        return {"loss": step.losses.mean().item(), "accuracy": accuracy.item()}
+
+    # ``compute``, ``choose_path`` and ``predict`` are MAML's: the meta-gradient object carries α.
+
+
+FAMILIES = {"metasgd": MetaSGD}

@@ -1,0 +1,123 @@
+"""Prototypical networks (Snell, Swersky & Zemel 2017).
+
+A Conv-4 embeds every image (2x2 max-pool blocks, as in the paper); a class's prototype is the
+mean embedding of its support images, and a query's logits are its negative squared Euclidean
+distances to the prototypes (``distance="cosine"``: cosine similarity times a learned scale,
+initialised to 10, since raw cosines in [-1, 1] make too flat a softmax).
+
+Training as in the paper: Adam, learning rate halved every ``lr_decay_every`` meta-updates
+(Snell: every 2000 episodes, one episode per update), and optionally more ways than tested
+(``train_ways``; Snell trained Omniglot with 60). Batch-norm is the ordinary kind: batch
+statistics in :meth:`meta_train_step`, running averages in :meth:`predict`.
+
+All tasks of a batch go through the backbone in one forward pass; prototypes and distances are
+batched matrix products over the task axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learners.backbone import Conv4
+from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.space import Choice, Float, Int
+from tasks.episodes import EpisodeBatch, EpisodeSpec
+
+DISTANCES: tuple[str, ...] = ("sqeuclidean", "cosine")
+COSINE_INITIAL_SCALE = 10.0
+
+
+class ProtoNet(Learner):
+    """Prototypical network on a Conv-4 embedding."""
+
+    family: ClassVar[str] = "protonet"
+    paper: ClassVar[str] = "Snell, Swersky & Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS)"
+
+    @dataclass(frozen=True)
+    class Hyperparams(BackboneHyperparams):
+        lr: float = 1e-3
+        lr_decay_every: int = 2000
+        train_ways: int = 0  # 0: train with the configured ways
+        distance: str = "sqeuclidean"
+
+    search_space = {
+        "lr": Float(1e-4, 1e-2, log=True),
+        "width": Choice((32, 64, 128)),
+        "depth": Int(2, 4),
+        "train_ways": Choice((0, 20, 60)),
+        "distance": Choice(DISTANCES),
+    }
+
+    def __init__(self, hparams: Hyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
+        super().__init__(hparams, image_shape, ways)
+        if hparams.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {hparams.distance!r}")
+        if hparams.lr_decay_every < 1 or hparams.train_ways < 0:
+            raise ValueError(
+                f"lr_decay_every must be positive and train_ways non-negative, "
+                f"got {hparams.lr_decay_every} and {hparams.train_ways}"
+            )
+        self.encoder = Conv4(image_shape, hparams.width, hparams.depth, "pool", running_stats=True)
+        if hparams.distance == "cosine":
+            self.scale = nn.Parameter(torch.tensor(COSINE_INITIAL_SCALE))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, hparams.lr_decay_every, gamma=0.5)
+
+    def training_spec(self, spec: EpisodeSpec) -> EpisodeSpec:
+        return EpisodeSpec(self.hparams.train_ways or spec.ways, spec.shots, spec.query)
+
+    def logits(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int) -> torch.Tensor:
+        """Query logits ``[T, NQ, ways]``; one backbone pass over every task's images."""
+        tasks, n_support = support_x.shape[:2]
+        images = torch.cat([support_x, query_x], dim=1).flatten(0, 1)
+        embeddings = self.encoder(images).unflatten(0, (tasks, -1))
+        support, query = embeddings[:, :n_support], embeddings[:, n_support:]
+        onehot = F.one_hot(support_y, ways).to(support.dtype)  # [T, NK, ways]
+        prototypes = onehot.transpose(1, 2) @ support / onehot.sum(1).unsqueeze(-1)  # [T, ways, D]
+        if self.hparams.distance == "cosine":
+            return self.scale * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+        return -squared_distances(query, prototypes)
+
+    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        self.train()
+        logits = self.logits(batch.support_x, batch.support_y, batch.query_x, batch.ways)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
+        return {"loss": loss.item(), "accuracy": accuracy.item(), "lr": lr}
+
+    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        """Query logits with batch-norm running statistics; no graph."""
+        self.eval()
+        with torch.no_grad():
+            return self.logits(support_x, support_y, query_x, episode_ways(support_y))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "scheduler": self.scheduler.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``|a_i - b_j|²`` for batched rows: ``[T, n, D] x [T, m, D] -> [T, n, m]``.
+
+    Expanded as ``|a|² - 2 a·b + |b|²`` (one batched matmul instead of a ``[T, n, m, D]``
+    difference tensor, which 60-way training would make large), clamped at 0 against rounding.
+    """
+    cross = a @ b.transpose(1, 2)
+    return (a.square().sum(-1, keepdim=True) - 2 * cross + b.square().sum(-1).unsqueeze(1)).clamp_min(0)
+
+
+FAMILIES = {"protonet": ProtoNet}

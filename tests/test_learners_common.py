@@ -1,0 +1,98 @@
+"""What every family shares: the Conv-4 backbone, the registry's hyperparameter checks, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.func import functional_call, vmap
+
+from learners.backbone import Conv4
+from learners.checkpoint import load_learner, save_learner
+from learners.registry import HyperparamError, family_names, get_family, make_hparams
+from learners.space import Choice, Float, Int
+from tasks.episodes import EpisodeBatch
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: a second intra-op thread only adds synchronisation, which costs
+    seconds per test when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "shape, downsample, dim",
+    [((1, 28, 28), "pool", 64), ((1, 28, 28), "stride", 256), ((3, 84, 84), "pool", 1600), ((3, 84, 84), "stride", 2304)],
+)
+def test_conv4_embedding_size(shape, downsample, dim):
+    net = Conv4(shape, width=64, depth=4, downsample=downsample)
+    assert net.embedding_dim == dim
+    assert net(torch.rand(2, *shape)).shape == (2, dim)
+
+
+def test_conv4_refuses_a_depth_the_image_cannot_take():
+    with pytest.raises(ValueError, match="28x28 image is too small for depth 5"):
+        Conv4((1, 28, 28), depth=5, downsample="pool")
+
+
+def test_conv4_without_running_stats_is_a_pure_function_under_vmap():
+    net = Conv4((1, 12, 12), width=4, depth=2, downsample="stride", running_stats=False)
+    assert not list(net.buffers())
+    params = dict(net.named_parameters())
+    x = torch.rand(3, 5, 1, 12, 12)
+    batched = vmap(lambda xt: functional_call(net, params, (xt,)))(x)
+    torch.testing.assert_close(batched, torch.stack([net(xt) for xt in x]))  # per-task batch statistics
+
+
+@pytest.mark.parametrize("family", ["protonet", "maml", "fomaml"])
+def test_search_space_names_hyperparameters_with_defaults(family):
+    cls = get_family(family)
+    fields = {f.name for f in dataclasses.fields(cls.Hyperparams)}
+    assert set(cls.search_space) <= fields
+    assert all(isinstance(d, (Float, Int, Choice)) for d in cls.search_space.values())
+    assert cls.paper and cls.family == family
+
+
+def test_make_hparams_rejects_unknown_hyperparameters_listing_the_allowed_ones():
+    with pytest.raises(HyperparamError) as error:
+        make_hparams("protonet", {"inner_steps": 5})
+    message = str(error.value)
+    assert "'inner_steps'" in message
+    for name in ("depth", "distance", "lr", "lr_decay_every", "train_ways", "width"):
+        assert name in message
+    with pytest.raises(HyperparamError, match="allowed: .*inner_lr"):
+        make_hparams("fomaml", {"first_order": False})  # FOMAML's order is not a knob
+
+
+def test_registry_knows_the_families():
+    assert {"protonet", "maml", "fomaml"} <= set(family_names())
+
+
+@pytest.mark.parametrize(
+    "family, hparams",
+    [("protonet", {"distance": "cosine"}), ("maml", {"path": "split", "test_inner_steps": 2}), ("fomaml", {"path": "loop"})],
+)
+def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path, family, hparams):
+    torch.manual_seed(0)
+    cls = get_family(family)
+    learner = cls(make_hparams(family, {"width": 6, "depth": 2, **hparams}), (1, 12, 12), 3)
+    gen = torch.Generator().manual_seed(1)
+    labels = lambda n: torch.arange(3).repeat_interleave(n).expand(2, -1).contiguous()
+    images = lambda n: torch.rand(2, 3 * n, 1, 12, 12, generator=gen)
+    b = EpisodeBatch(images(1), labels(1), images(2), labels(2), 3)
+    learner.meta_train_step(b)
+    save_learner(learner, tmp_path, {"iteration": 1})
+    loaded, extra = load_learner(tmp_path)
+    assert extra == {"iteration": 1} and type(loaded) is cls and loaded.hparams == learner.hparams
+    predict = lambda model: model.predict(b.support_x, b.support_y, b.query_x)
+    torch.testing.assert_close(predict(loaded), predict(learner))
+    # the optimizer state came back too: one more identical step gives identical weights
+    learner.meta_train_step(b)
+    loaded.meta_train_step(b)
+    for p, q in zip(learner.parameters(), loaded.parameters()):
+        torch.testing.assert_close(p, q)

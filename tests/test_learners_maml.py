@@ -1,0 +1,151 @@
+"""MAML / FOMAML: every meta-gradient path against explicit task-by-task autograd, training, ways, predict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from learners.maml import FOMAML, MAML
+from learners.meta_gradient import PATHS
+from learners.registry import make_hparams
+from tasks.episodes import EpisodeBatch
+
+SHAPE = (1, 12, 12)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These tensors are tiny: a second intra-op thread only adds synchronisation, which costs
+    seconds per test when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def batch(tasks=2, ways=3, shots=2, query=3, seed=0, dtype=torch.float64) -> EpisodeBatch:
+    gen = torch.Generator().manual_seed(seed)
+    labels = lambda n: torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
+    images = lambda n: torch.rand(tasks, ways * n, *SHAPE, generator=gen, dtype=dtype)
+    return EpisodeBatch(images(shots), labels(shots), images(query), labels(query), ways)
+
+
+def make(family="maml", ways=3, **hparams) -> MAML:
+    torch.manual_seed(0)
+    values = {"width": 6, "depth": 2, "path": "loop", **hparams}
+    cls = {"maml": MAML, "fomaml": FOMAML}[family]
+    return cls(make_hparams(family, values), SHAPE, ways)
+
+
+def explicit_meta_gradient(learner: MAML, b: EpisodeBatch, second_order: bool) -> dict[str, torch.Tensor]:
+    """Task by task with plain autograd: the definition of the (second- or first-order) meta-gradient."""
+    params = dict(learner.net.named_parameters())
+    lr, steps = learner.hparams.inner_lr, learner.hparams.inner_steps
+    total = {k: torch.zeros_like(p) for k, p in params.items()}
+    for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y):
+        fast = params
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(learner.net, fast, (sx,)), sy)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order)
+            fast = {k: p - lr * g for (k, p), g in zip(fast.items(), grads)}
+        if not second_order:  # first order: the query-loss gradient at the adapted weights
+            fast = {k: p.detach().requires_grad_() for k, p in fast.items()}
+        query_loss = F.cross_entropy(functional_call(learner.net, fast, (qx,)), qy)
+        grads = torch.autograd.grad(query_loss, list((params if second_order else fast).values()))
+        total = {k: total[k] + g / b.tasks for k, g in zip(total, grads)}
+    return total
+
+
+def assert_same(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rtol=1e-9) -> None:
+    for name, ref in reference.items():
+        torch.testing.assert_close(grads[name], ref, rtol=rtol, atol=rtol * ref.abs().max().item(), msg=name)
+
+
+CASES = [(path, steps) for path in PATHS if path != "split-compiled" for steps in (1, 2)]
+# torch.compile takes a minute on a 2-core CPU: one compiled case (2 steps covers every stage), marked slow.
+CASES.append(pytest.param("split-compiled", 2, marks=pytest.mark.slow))
+
+
+@pytest.mark.parametrize("path, inner_steps", CASES)
+def test_every_path_gives_the_second_order_meta_gradient(path, inner_steps):
+    learner = make(inner_steps=inner_steps).double()
+    b = batch()
+    reference = explicit_meta_gradient(learner, b, second_order=True)
+    assert_same(learner.compute(path, b).grads, reference)
+
+
+@pytest.mark.parametrize("path", ["loop", "vmap", "split", "split-vmap"])
+def test_fomaml_gives_the_query_gradient_at_the_adapted_weights(path):
+    learner = make("fomaml", inner_steps=2).double()
+    b = batch()
+    first = explicit_meta_gradient(learner, b, second_order=False)
+    assert_same(learner.compute(path, b).grads, first)
+    second = explicit_meta_gradient(learner, b, second_order=True)
+    assert max((first[k] - second[k]).abs().max() / second[k].abs().max() for k in first) > 1e-3
+
+
+def test_maml_first_order_flag_is_fomaml():
+    b = batch()
+    flagged = make(first_order=True).double().compute("split", b).grads
+    fomaml = make("fomaml").double().compute("split", b).grads
+    assert_same(flagged, fomaml)
+
+
+@pytest.mark.parametrize("family", ["maml", "fomaml"])
+def test_training_reduces_loss_on_a_fixed_batch(family):
+    learner = make(family, path="split", meta_lr=3e-3)
+    b = batch(dtype=torch.float32)
+    losses = [learner.meta_train_step(b)["loss"] for _ in range(25)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_auto_times_the_candidates_and_keeps_the_fastest():
+    class TwoPaths(MAML):
+        def auto_candidates(self):
+            return ("loop", "split")
+
+    torch.manual_seed(0)
+    learner = TwoPaths(make_hparams("maml", {"width": 6, "depth": 2}), SHAPE, 3)
+    before = [p.detach().clone() for p in learner.parameters()]
+    b = batch(dtype=torch.float32)
+    learner.choose_path(b)  # timing applies no update
+    assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters()))
+    assert learner.chosen_path is None
+    learner.meta_train_step(b)
+    assert learner.chosen_path in ("loop", "split")
+    assert set(learner.path_timings_ms) == {"loop", "split"}
+    assert learner.chosen_path == min(learner.path_timings_ms, key=learner.path_timings_ms.get)
+
+
+def test_refuses_a_different_number_of_ways():
+    learner = make(ways=3)
+    with pytest.raises(ValueError, match="3-way output head and cannot score 5-way"):
+        learner.check_ways(5)
+    b = batch(ways=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match="cannot score 5-way"):
+        learner.meta_train_step(b)
+    with pytest.raises(ValueError, match="cannot score 5-way"):
+        learner.predict(b.support_x, b.support_y, b.query_x)
+
+
+def test_predict_adapts_and_works_without_autograd():
+    learner = make(test_inner_steps=3)
+    b = batch(dtype=torch.float32)
+    logits = learner.predict(b.support_x, b.support_y, b.query_x)
+    assert logits.shape == (2, 9, 3) and not logits.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(learner.predict(b.support_x, b.support_y, b.query_x), logits)
+    with torch.inference_mode():
+        torch.testing.assert_close(learner.predict(b.support_x, b.support_y, b.query_x), logits)
+    # adaptation matters: predictions with the unadapted weights differ
+    unadapted = torch.stack([learner.net(x) for x in b.query_x]).detach()
+    assert not torch.allclose(unadapted, logits)
+
+
+def test_rejects_bad_hyperparameters():
+    with pytest.raises(ValueError, match="path must be 'auto' or one of"):
+        make(path="fastest")
+    with pytest.raises(ValueError, match="inner_steps"):
+        make(inner_steps=0)
