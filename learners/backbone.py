@@ -80,3 +80,16 @@ def output_size(hw: tuple[int, int], depth: int, downsample: Downsample) -> tupl
             f"(each block halves it); use a smaller depth"
         )
     return height, wide
+
+
+def adaptable_classifier(
+    image_shape: tuple[int, int, int], width: int, depth: int, downsample: Downsample, ways: int
+) -> nn.Sequential:
+    """Conv-4 and a linear ``ways``-class head, batch-norm on batch statistics only.
+
+    The network the gradient-based families (MAML, FOMAML, Meta-SGD, Reptile, the Meta-LSTM's
+    learner) adapt functionally: a pure function of its parameters, so it runs under
+    ``functional_call``, ``grad`` and ``vmap``.
+    """
+    encoder = Conv4(image_shape, width, depth, downsample, running_stats=False)
+    return nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from learners.backbone import DOWNSAMPLES, Conv4
+from learners.backbone import DOWNSAMPLES, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.meta_gradient import PATHS, MetaGradient, MetaStep
 from learners.space import Choice, Float, Int
@@ -73,8 +72,7 @@ class MAML(Learner):
     def __init__(self, hparams: MAMLHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
         _validate(hparams)
-        encoder = Conv4(image_shape, hparams.width, hparams.depth, hparams.downsample, running_stats=False)
-        self.net = nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
+        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.meta_gradient = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, self.first_order)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hparams.meta_lr)
         self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path

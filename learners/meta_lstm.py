@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from learners.backbone import DOWNSAMPLES, Conv4
+from learners.backbone import DOWNSAMPLES, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -120,8 +120,7 @@ class MetaLSTM(Learner):
     def __init__(self, hparams: MetaLSTMHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
         _validate(hparams)
-        encoder = Conv4(image_shape, hparams.width, hparams.depth, hparams.downsample, running_stats=False)
-        self.net = nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
+        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.meta_learner = MetaLearnerLSTM(hparams.hidden)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.meta_lr)
         self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbone import adaptable_classifier
 from learners.base import BackboneHyperparams, Learner
 from learners.maml import MAML, _validate
 from learners.meta_gradient import MetaGradient
@@ -69,8 +69,7 @@ class MetaSGD(MAML):
             raise ValueError(
                 f"alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, got {hparams.alpha_low} and {hparams.alpha_high}"
             )
-        encoder = Conv4(image_shape, hparams.width, hparams.depth, hparams.downsample, running_stats=False)
-        self.net = nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
+        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         names = [name for name, _ in self.net.named_parameters()]
         # One α per parameter tensor, in the order of ``net.named_parameters()`` (parameter names
         # contain dots, which a ParameterDict refuses).

@@ -42,10 +42,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from learners.backbone import DOWNSAMPLES, Conv4
+from learners.backbone import DOWNSAMPLES, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
@@ -91,8 +90,7 @@ class Reptile(Learner):
     def __init__(self, hparams: ReptileHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
         _validate(hparams)
-        encoder = Conv4(image_shape, hparams.width, hparams.depth, hparams.downsample, running_stats=False)
-        self.net = nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
+        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.inner = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, first_order=True)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hparams.outer_lr)
         self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path

@@ -75,3 +75,32 @@ def tasks_snapshot():
         }
 
     return snapshot
+
+
+# --- learner fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: learner tests use tiny tensors, for which a second thread only adds
+    synchronisation (seconds per test on a shared 2-core machine). Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def glyph_store(tmp_path_factory):
+    """A function building a small synthetic-glyph dataset and opening it: ``glyph_store(**spec)``."""
+    from tasks.build import BuildSpec, build_dataset
+    from tasks.store import DatasetStore
+
+    def build(**spec):
+        out = tmp_path_factory.mktemp("glyphs") / "dataset"
+        build_dataset(BuildSpec(**spec), out)
+        return DatasetStore.open(out)
+
+    return build

@@ -21,10 +21,10 @@ from learners.metric import evaluating
 from learners.registry import family_names, get_family
 from learners.space import Choice, Float, Int
 from pipeline.scoring import episode_accuracies, mean_ci95
-from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
-from tasks.store import DatasetStore
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAMILIES = ("mann", "metanet")
 SPEC = EpisodeSpec(ways=5, shots=1, query=5)
@@ -41,22 +41,10 @@ TINY_CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Small tensors on a shared 2-core machine: a second intra-op thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def glyphs(tmp_path_factory):
+def glyphs(glyph_store):
     """Synthetic glyphs, 260 classes x 12 images (train 200 / val 20 / test 40), built once."""
-    spec = BuildSpec(synthetic_classes=260, synthetic_images_per_class=12, val_classes=20, test_classes=40, seed=5)
-    out = tmp_path_factory.mktemp("memory") / "glyphs"
-    build_dataset(spec, out)
-    return DatasetStore.open(out)
+    return glyph_store(synthetic_classes=260, synthetic_images_per_class=12, val_classes=20, test_classes=40, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from learners.metric import EVAL_EMBED_CHUNK, embed_tasks
 from learners.registry import get_family, make_hparams
 from learners.space import Choice, Float, Int
 from pipeline.scoring import episode_accuracies, mean_ci95
-from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
-from tasks.store import DatasetStore
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAMILIES = ("siamese", "matching", "relation")
 SPEC = EpisodeSpec(ways=5, shots=1, query=5)
@@ -48,23 +48,10 @@ MIN_ACCURACY = 0.40
 MIN_GAIN = 0.15
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these small CPU workloads lose more to OpenMP hand-offs than they
-    gain from a second core, badly so on a shared, loaded machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def glyphs(tmp_path_factory):
+def glyphs(glyph_store):
     """Synthetic glyphs, 240 classes x 10 images (train 200 / val 10 / test 30), built once."""
-    spec = BuildSpec(synthetic_classes=240, synthetic_images_per_class=10, val_classes=10, test_classes=30, seed=11)
-    out = tmp_path_factory.mktemp("metric") / "glyphs"
-    build_dataset(spec, out)
-    return DatasetStore.open(out)
+    return glyph_store(synthetic_classes=240, synthetic_images_per_class=10, val_classes=10, test_classes=30, seed=11)
 
 
 @pytest.fixture(scope="module")

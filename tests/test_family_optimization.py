@@ -23,10 +23,10 @@ from learners.registry import HyperparamError, get_family, make_hparams
 from learners.reptile import Reptile
 from learners.space import Choice, Float, Int
 from pipeline.scoring import episode_accuracies, mean_ci95
-from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
-from tasks.store import DatasetStore
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAMILIES = ("metasgd", "reptile", "meta_lstm")
 SPEC = EpisodeSpec(ways=5, shots=1, query=5)
@@ -54,22 +54,10 @@ MIN_ACCURACY = 0.33
 MIN_GAIN = 0.05
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def glyphs(tmp_path_factory):
+def glyphs(glyph_store):
     """Synthetic glyphs, 160 classes x 10 images (train 130 / val 10 / test 20), built once."""
-    spec = BuildSpec(synthetic_classes=160, synthetic_images_per_class=10, val_classes=10, test_classes=20, seed=5)
-    out = tmp_path_factory.mktemp("optimization") / "glyphs"
-    build_dataset(spec, out)
-    return DatasetStore.open(out)
+    return glyph_store(synthetic_classes=160, synthetic_images_per_class=10, val_classes=10, test_classes=20, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,7 @@ from learners.registry import HyperparamError, family_names, get_family, make_hp
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, which costs
-    seconds per test when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize(

@@ -9,17 +9,9 @@ from learners.protonet import ProtoNet
 from learners.registry import make_hparams
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SHAPE = (1, 12, 12)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, which costs
-    seconds per test when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def batch(tasks=2, ways=3, shots=2, query=3, seed=0) -> EpisodeBatch:
