@@ -1,0 +1,126 @@
+"""Meta-iteration time of every learner family, same shapes, same machine, same run.
+
+    .venv/bin/python -m benchmarks.families [--iters N] [--tasks T] [--device cpu|cuda]
+
+Every family of :func:`learners.registry.family_names` is built with
+:func:`learners.checkpoint.build_learner` at its default hyperparameters for 28x28x1 images and
+5 ways, except that maml, fomaml and metasgd get ``path="split"`` (their default ``"auto"`` also
+tries ``split-compiled``, a ``torch.compile`` that takes minutes). All run full meta-iterations
+(``meta_train_step``: gradient and optimizer step) on the same random, seeded meta-batch:
+5-way 1-shot, 15 queries, ``--tasks`` tasks, float images in [0, 1], labels ordered class by class.
+
+For maml, fomaml, metasgd and reptile the fast path is also set against the task-by-task path of
+the same learner. MAML-family learners expose ``compute(path, batch)`` (the meta-gradient by a
+given path, no optimizer step): ``loop`` and ``split`` are timed through it on one learner.
+Reptile has no public per-path meta-iteration, so two more reptile learners are built with
+``path`` fixed to ``loop`` and to ``vmap`` and their ``meta_train_step`` is timed; the default
+reptile (``"auto"``) picks its path during the warm-up and the ratio uses that choice.
+
+One warm-up call each, then ``--iters`` rounds in which every measurement runs once, in a
+rotating order (the CPU may be shared); medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.maml import timed
+from learners.checkpoint import build_learner
+from learners.registry import family_names
+from tasks.episodes import EpisodeBatch
+
+WAYS, SHOTS, QUERY, IMAGE = 5, 1, 15, (1, 28, 28)
+SPLIT_FAMILIES = ("maml", "fomaml", "metasgd")  # path fixed to "split": no torch.compile
+RATIO_FAMILIES = (*SPLIT_FAMILIES, "reptile")
+MAML_FAST, MAML_LOOP = "split", "loop"
+
+
+def random_batch(tasks: int, device: torch.device, seed: int = 0) -> EpisodeBatch:
+    """A seeded random meta-batch: uint8 images made float in [0, 1] by ``EpisodeBatch.to``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def labels(per_class: int) -> torch.Tensor:
+        return torch.arange(WAYS).repeat_interleave(per_class).expand(tasks, -1).contiguous()
+
+    def images(per_class: int) -> torch.Tensor:
+        return torch.randint(0, 256, (tasks, WAYS * per_class, *IMAGE), generator=gen, dtype=torch.uint8)
+
+    return EpisodeBatch(images(SHOTS), labels(SHOTS), images(QUERY), labels(QUERY), WAYS).to(device)
+
+
+def make(family: str, device: torch.device, **hparams: object):
+    torch.manual_seed(0)  # the same initial weights whatever was built before
+    spec = {"family": family, "hparams": hparams, "image_shape": list(IMAGE), "ways": WAYS}
+    return build_learner(spec, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.families", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per measurement (default 3)")
+    parser.add_argument("--tasks", type=int, default=8, help="tasks per meta-batch (default 8)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device here")
+    if args.iters < 1 or args.tasks < 1:
+        parser.error("--iters and --tasks must be at least 1")
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(
+        f"meta-iteration per learner family, {WAYS}-way {SHOTS}-shot {QUERY} query, meta-batch {args.tasks}, "
+        f"{'x'.join(map(str, IMAGE))}; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs "
+        f"after one warm-up\ndefault hyperparameters, except path='split' for {', '.join(SPLIT_FAMILIES)} "
+        f"(their default 'auto' would also try split-compiled, a minutes-long torch.compile)",
+        flush=True,
+    )
+    batch = random_batch(args.tasks, device)
+    families = family_names()
+    learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
+    methods: dict[str, Callable[[], object]] = {f: (lambda lrn=lrn: lrn.meta_train_step(batch)) for f, lrn in learners.items()}
+    for f in SPLIT_FAMILIES:
+        if f in learners:
+            for path in (MAML_FAST, MAML_LOOP):
+                methods[f"{f}:{path}"] = lambda lrn=learners[f], path=path: lrn.compute(path, batch)
+    if "reptile" in learners:
+        for path in ("loop", "vmap"):
+            methods[f"reptile:{path}"] = lambda lrn=make("reptile", device, path=path): lrn.meta_train_step(batch)
+
+    for fn in methods.values():
+        fn()  # warm-up (reptile "auto" picks its path here)
+    runs: dict[str, list[float]] = {key: [] for key in methods}
+    keys = list(methods)
+    for i in range(args.iters):
+        for key in keys[i % len(keys):] + keys[: i % len(keys)]:
+            runs[key].append(timed(methods[key], device))
+    median = {key: statistics.median(times) for key, times in runs.items()}
+
+    print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}")
+    for f in families:
+        note = ""
+        if f in SPLIT_FAMILIES:
+            note = f"  (path {MAML_FAST})"
+        elif getattr(learners[f], "chosen_path", None):
+            note = f"  (auto picked {learners[f].chosen_path})"
+        s = median[f]
+        print(f"{f:<12}{s * 1e3:>14.1f}{1 / s:>13.2f}{args.tasks / s:>12.1f}{note}")
+
+    print("\nfast path vs task-by-task path, same learner, same run (ratio = fast time / loop time)")
+    print(f"{'family':<12}{'measured':<24}{'fast':<7}{'fast ms':>9}{'loop ms':>9}{'ratio':>7}{'speed-up':>10}")
+    for f in RATIO_FAMILIES:
+        if f not in learners:
+            continue
+        if f == "reptile":
+            fast, what = learners[f].chosen_path, "meta_train_step"
+        else:
+            fast, what = MAML_FAST, "compute (no optimizer)"
+        fast_s, loop_s = median[f"{f}:{fast}"], median[f"{f}:loop"]
+        print(f"{f:<12}{what:<24}{fast:<7}{fast_s * 1e3:>9.1f}{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
