@@ -71,7 +71,7 @@ class MAML(Learner):
 
     def __init__(self, hparams: MAMLHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        _validate(hparams)
+        validate_hparams(hparams)
         self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.meta_gradient = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, self.first_order)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hparams.meta_lr)
@@ -162,7 +162,8 @@ class FOMAML(MAML):
         return True
 
 
-def _validate(hparams: MAMLHyperparams) -> None:
+def validate_hparams(hparams: MAMLHyperparams) -> None:
+    """Reject MAML-family settings the dataclass types cannot rule out (also used by Meta-SGD)."""
     if hparams.downsample not in DOWNSAMPLES:
         raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {hparams.downsample!r}")
     if hparams.path != "auto" and hparams.path not in PATHS:

@@ -40,7 +40,6 @@ Choices made:
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 import warnings
@@ -54,11 +53,11 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.gradient_encoding import preprocess_gradients
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
 PATHS: tuple[str, ...] = ("loop", "vmap")
-PREPROCESS_P = 10.0  # Andrychowicz et al. 2016
 AUTO_TIMED_RUNS = 2
 
 
@@ -71,14 +70,6 @@ class MetaLSTMHyperparams(BackboneHyperparams):
     grad_clip: float = 0.25  # max meta-gradient norm (<= 0: no clipping)
     downsample: str = "pool"
     path: str = "auto"
-
-
-def preprocess(x: torch.Tensor, p: float = PREPROCESS_P) -> torch.Tensor:
-    """Andrychowicz et al.'s encoding of each coordinate of ``x`` as two numbers: ``[...] -> [..., 2]``."""
-    big = x.abs() >= math.exp(-p)
-    log_part = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(x, -1.0))
-    sign_part = torch.where(big, x.sign(), x * math.exp(p))
-    return torch.stack([log_part, sign_part], dim=-1)
 
 
 class MetaLearnerLSTM(nn.Module):
@@ -95,7 +86,7 @@ class MetaLearnerLSTM(nn.Module):
 
     def forward(self, grad, loss, c, f, i, state):
         """One update: returns ``c_t, f_t, i_t`` and the first layer's new ``(h, cell)``."""
-        h, cell = self.lstm(torch.cat([preprocess(grad), preprocess(loss)], dim=-1), state)
+        h, cell = self.lstm(torch.cat([preprocess_gradients(grad), preprocess_gradients(loss)], dim=-1), state)
         f = torch.sigmoid(self.forget(torch.cat([h, c[:, None], f[:, None]], dim=-1))).squeeze(-1)
         i = torch.sigmoid(self.input(torch.cat([h, c[:, None], i[:, None]], dim=-1))).squeeze(-1)
         return f * c - i * grad, f, i, (h, cell)

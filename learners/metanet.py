@@ -63,7 +63,6 @@ episodes of that many ways (:meth:`MetaNet.check_ways`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -74,11 +73,11 @@ from torch.func import grad, vmap
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.gradient_encoding import preprocess_gradients
 from learners.metric import accuracy, embed_tasks, evaluating
 from learners.space import Choice, Float, Int, SearchSpace
 from tasks.episodes import EpisodeBatch
 
-GRAD_PREPROCESS_P = 10.0  # Andrychowicz et al. 2016
 EMB_SCALE, EMB_CENTER = 5.0, 0.5  # same/different logit = scale * (cosine - center)
 PAIR_SEED = 0  # the fixed subset of support pairs when there are more than ``pairs``
 _EPS = 1e-8
@@ -113,15 +112,6 @@ class FastWeights:
             hidden=torch.zeros_like(self.hidden),
             output=torch.zeros_like(self.output),
         )
-
-
-def preprocess_gradients(g: torch.Tensor, p: float = GRAD_PREPROCESS_P) -> torch.Tensor:
-    """Andrychowicz et al.'s coordinate-wise gradient encoding: ``[...] -> [..., 2]``."""
-    magnitude = g.abs()
-    big = magnitude >= math.exp(-p)
-    first = torch.where(big, torch.log(magnitude.clamp_min(math.exp(-p))) / p, torch.full_like(g, -1.0))
-    second = torch.where(big, torch.sign(g), g * math.exp(p))
-    return torch.stack([first, second], dim=-1)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from torch import nn
 
 from learners.backbone import adaptable_classifier
 from learners.base import BackboneHyperparams, Learner
-from learners.maml import MAML, _validate
+from learners.maml import MAML, validate_hparams
 from learners.meta_gradient import MetaGradient
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -64,7 +64,7 @@ class MetaSGD(MAML):
 
     def __init__(self, hparams: MetaSGDHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         Learner.__init__(self, hparams, image_shape, ways)  # MAML's own __init__ wants a scalar inner_lr
-        _validate(hparams)
+        validate_hparams(hparams)
         if not 0.0 <= hparams.alpha_low <= hparams.alpha_high:
             raise ValueError(
                 f"alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, got {hparams.alpha_low} and {hparams.alpha_high}"

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from learners.checkpoint import build_learner, load_learner, save_learner
+from learners.gradient_encoding import preprocess_gradients as preprocess
 from learners.maml import MAML
-from learners.meta_lstm import MetaLSTM, preprocess
+from learners.meta_lstm import MetaLSTM
 from learners.metasgd import MetaSGD
 from learners.registry import HyperparamError, get_family, make_hparams
 from learners.reptile import Reptile
