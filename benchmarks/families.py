@@ -23,33 +23,25 @@ rotating order (the CPU may be shared); medians are reported.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 
 import torch
 
-from benchmarks.maml import timed
+from benchmarks.maml import (
+    IMAGE,
+    QUERY,
+    SHOTS,
+    WAYS,
+    device_name,
+    interleaved_medians,
+    random_batch,
+)
 from learners.checkpoint import build_learner
 from learners.registry import family_names
-from tasks.episodes import EpisodeBatch
 
-WAYS, SHOTS, QUERY, IMAGE = 5, 1, 15, (1, 28, 28)
 SPLIT_FAMILIES = ("maml", "fomaml", "metasgd")  # path fixed to "split": no torch.compile
 RATIO_FAMILIES = (*SPLIT_FAMILIES, "reptile")
 MAML_FAST, MAML_LOOP = "split", "loop"
-
-
-def random_batch(tasks: int, device: torch.device, seed: int = 0) -> EpisodeBatch:
-    """A seeded random meta-batch: uint8 images made float in [0, 1] by ``EpisodeBatch.to``."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def labels(per_class: int) -> torch.Tensor:
-        return torch.arange(WAYS).repeat_interleave(per_class).expand(tasks, -1).contiguous()
-
-    def images(per_class: int) -> torch.Tensor:
-        return torch.randint(0, 256, (tasks, WAYS * per_class, *IMAGE), generator=gen, dtype=torch.uint8)
-
-    return EpisodeBatch(images(SHOTS), labels(SHOTS), images(QUERY), labels(QUERY), WAYS).to(device)
 
 
 def make(family: str, device: torch.device, **hparams: object):
@@ -69,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters < 1 or args.tasks < 1:
         parser.error("--iters and --tasks must be at least 1")
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_name(device)
     print(
         f"meta-iteration per learner family, {WAYS}-way {SHOTS}-shot {QUERY} query, meta-batch {args.tasks}, "
         f"{'x'.join(map(str, IMAGE))}; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs "
@@ -77,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(their default 'auto' would also try split-compiled, a minutes-long torch.compile)",
         flush=True,
     )
-    batch = random_batch(args.tasks, device)
+    batch = random_batch(device, tasks=args.tasks)
     families = family_names()
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
     methods: dict[str, Callable[[], object]] = {f: (lambda lrn=lrn: lrn.meta_train_step(batch)) for f, lrn in learners.items()}
@@ -91,12 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)
-    runs: dict[str, list[float]] = {key: [] for key in methods}
-    keys = list(methods)
-    for i in range(args.iters):
-        for key in keys[i % len(keys):] + keys[: i % len(keys)]:
-            runs[key].append(timed(methods[key], device))
-    median = {key: statistics.median(times) for key, times in runs.items()}
+    median = interleaved_medians(methods, args.iters, device)
 
     print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}")
     for f in families:

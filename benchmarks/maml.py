@@ -89,11 +89,22 @@ class BaselineMAML:
         self.optimizer.step()
 
 
-def random_batch(device: torch.device, seed: int = 0) -> EpisodeBatch:
+def random_batch(device: torch.device, seed: int = 0, tasks: int = TASKS) -> EpisodeBatch:
+    """A seeded random meta-batch: uint8 images made float in [0, 1] by ``EpisodeBatch.to``."""
     gen = torch.Generator().manual_seed(seed)
-    labels = lambda per_class: torch.arange(WAYS).repeat_interleave(per_class).expand(TASKS, -1).contiguous()
-    images = lambda per_class: torch.randint(0, 256, (TASKS, WAYS * per_class, *IMAGE), generator=gen, dtype=torch.uint8)
+
+    def labels(per_class: int) -> torch.Tensor:
+        return torch.arange(WAYS).repeat_interleave(per_class).expand(tasks, -1).contiguous()
+
+    def images(per_class: int) -> torch.Tensor:
+        return torch.randint(0, 256, (tasks, WAYS * per_class, *IMAGE), generator=gen, dtype=torch.uint8)
+
     return EpisodeBatch(images(SHOTS), labels(SHOTS), images(QUERY), labels(QUERY), WAYS).to(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its thread count."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
 
 
 def synchronize(device: torch.device) -> None:
@@ -107,6 +118,16 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def interleaved_medians(methods: dict[str, Callable[[], object]], iters: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each method over ``iters`` rounds, every method once a round in a rotating order."""
+    runs: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for i in range(iters):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            runs[name].append(timed(methods[name], device))
+    return {name: statistics.median(times) for name, times in runs.items()}
 
 
 def learner(path: str, first_order: bool, device: torch.device) -> MAML:
@@ -146,13 +167,8 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
     methods["matmul"] = lambda: torch.mm(a, b)
     for fn in methods.values():
         fn()  # warm-up
-    runs: dict[str, list[float]] = {name: [] for name in methods}
-    names = list(methods)
-    for i in range(iters):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            runs[name].append(timed(methods[name], device))
-    median = {name: statistics.median(times) for name, times in runs.items()}
-    for name in names[:-1]:
+    median = interleaved_medians(methods, iters, device)
+    for name in list(methods)[:-1]:
         ratio = median["baseline"] / median[name]
         mark = "  <- auto" if name == chosen else ""
         print(f"   {name:15s} {median[name] * 1e3:8.1f} ms/iter   speed-up vs baseline {ratio:5.2f}x{mark}")
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown paths {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_name(device)
     print(
         f"MAML meta-iteration, {WAYS}-way {SHOTS}-shot {QUERY} query, meta-batch {TASKS}, Conv-4 (64, stride 2) on "
         f"{'x'.join(map(str, IMAGE))}, 1 inner step; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs"
