@@ -72,7 +72,8 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
         f"per setting ({', '.join(setting_key(w, s) for w, s in test.settings())})"
     )
     device = pick_device(config.device)
-    models = [_evaluate_trial(trial, store.split("test"), config, device, out) for trial in candidates]
+    test_split = store.split("test")
+    models = [_evaluate_trial(trial, test_split, config, device, out) for trial in candidates]
     scored = [m for m in models if m["results"].get(primary)]
     if not scored:
         raise PipelineError(f"none of the evaluated models can score the primary setting {primary}")

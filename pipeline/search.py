@@ -89,6 +89,7 @@ def _interrupted_search(experiment_dir: Path) -> dict[str, str]:
 
 
 def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str]:
+    config_dict = config.as_dict()
     experiment_id = tracking.ensure_experiment(client, config.tracking.experiment, config.tracking.uri)
     parent_run_id = tracking.start_run(
         client,
@@ -101,8 +102,8 @@ def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str
             "learn2tune.families": ",".join(config.search.families),
         },
     )
-    tracking.log_params(client, parent_run_id, tracking.flatten(config.as_dict()))
-    client.log_dict(parent_run_id, config.as_dict(), "config.json")
+    tracking.log_params(client, parent_run_id, tracking.flatten(config_dict))
+    client.log_dict(parent_run_id, config_dict, "config.json")
     return {"experiment_id": experiment_id, "parent_run_id": parent_run_id}
 
 

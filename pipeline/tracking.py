@@ -50,14 +50,6 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def find_experiment(client: MlflowClient, name: str) -> str:
-    """The id of an existing, active MLflow experiment ``name``."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None or experiment.lifecycle_stage == "deleted":
-        raise PipelineError(f"MLflow experiment {name!r} does not exist in this tracking store")
-    return experiment.experiment_id
-
-
 def start_run(
     client: MlflowClient,
     experiment_id: str,
