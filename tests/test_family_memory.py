@@ -296,14 +296,16 @@ METANET_STEPS, METANET_TASKS, METANET_SECONDS = 150, 2, 25.0
 METANET_MIN_ACCURACY, METANET_MIN_GAIN = 0.40, 0.15
 # MANN learns slowly (the paper trained on 100,000 episodes): it must discover how to bind an
 # image to a label that arrives one step later, through memory, before its query predictions
-# depend on the query image at all. Measured here (pixel input, 16 tasks per step): test
-# accuracy stays at 20% for ~1,200 steps, then rises: ~25% at 1,500, ~27% at 3,000, ~31% at
-# 4,000 steps. No budget that fits the 60 s of this file shows it, so the test is marked slow
-# and runs only when asked for (-m slow): 3,000 steps, bar 24% and 3 points over the untrained
-# network (measured: 20.3% -> 28.5% +- 2.1 after 3,000 steps, 89 s on an idle core).
+# depend on the query image at all. Santoro et al. down-sample Omniglot to 20x20 pixels for the
+# flat pixel input; on 28x28 glyphs MANN stays at chance for ~1,200 steps here (~28% after
+# 3,000). On the same glyphs at 14x14 (pixels, 16 tasks per step, lr 3e-3; measured on an idle
+# core): ~22% after 250 steps, 33% after 750, 39% after 1,000, 44% after 1,250 and 46% after
+# 1,500 (28 s). The bar, 32% and 10 points over the untrained network (20%), holds from ~750
+# steps on; the cap of 1,500 steps or 45 s reaches that on a loaded 2-core machine.
 MANN_HPARAMS = {"encoder": "pixels", "controller_size": 128, "memory_slots": 16, "memory_size": 32, "read_heads": 1, "lr": 3e-3}
-MANN_STEPS, MANN_TASKS, MANN_SECONDS = 3000, 16, 900.0
-MANN_MIN_ACCURACY, MANN_MIN_GAIN = 0.24, 0.03
+MANN_IMAGE_SIZE = 14
+MANN_STEPS, MANN_TASKS, MANN_SECONDS = 1500, 16, 45.0
+MANN_MIN_ACCURACY, MANN_MIN_GAIN = 0.32, 0.10
 
 
 @pytest.fixture(scope="module")
@@ -339,12 +341,21 @@ def test_metanet_trained_predictions_rest_on_the_fast_weights(trained_metanet, t
     assert slow_accuracy <= accuracy - 0.15
 
 
-@pytest.mark.slow
-def test_mann_meta_learns_on_glyphs_given_minutes(glyphs, test_episodes):
-    learner = _learner("mann", glyphs.image_shape, **MANN_HPARAMS)
-    untrained = _accuracy(learner, test_episodes)[0]
-    steps, seconds = _meta_train(learner, glyphs.split("train"), MANN_STEPS, MANN_SECONDS, MANN_TASKS)
-    accuracy, ci95 = _accuracy(learner, test_episodes)
+@pytest.fixture(scope="module")
+def small_glyphs(glyph_store):
+    """The same glyphs at 14x14 pixels (MANN's flat pixel input; see MANN_IMAGE_SIZE)."""
+    return glyph_store(
+        synthetic_classes=260, synthetic_images_per_class=12, val_classes=20, test_classes=40, seed=5,
+        image_size=MANN_IMAGE_SIZE,
+    )  # fmt: skip
+
+
+def test_mann_meta_learns_on_glyphs(small_glyphs):
+    episodes = [b.to("cpu") for b in fixed_episodes(small_glyphs.split("test"), SPEC, TEST_EPISODES, seed=7, batch_tasks=30)]
+    learner = _learner("mann", small_glyphs.image_shape, **MANN_HPARAMS)
+    untrained = _accuracy(learner, episodes)[0]
+    steps, seconds = _meta_train(learner, small_glyphs.split("train"), MANN_STEPS, MANN_SECONDS, MANN_TASKS)
+    accuracy, ci95 = _accuracy(learner, episodes)
     print(f"mann: untrained {untrained:.3f} -> {accuracy:.3f} +- {ci95:.3f} after {steps} steps in {seconds:.1f}s")
     assert accuracy >= MANN_MIN_ACCURACY, f"{accuracy:.3f} < {MANN_MIN_ACCURACY} after {steps} steps"
     assert accuracy >= untrained + MANN_MIN_GAIN, f"{accuracy:.3f} not {MANN_MIN_GAIN} above untrained {untrained:.3f}"
