@@ -1,8 +1,9 @@
 """The registered model: an MLflow pyfunc that classifies query images given a labelled support set.
 
 Input: one row per image (see :mod:`deploy.request`). Output: one row per query image, in
-request order, with ``label`` (the predicted support label) and ``probabilities`` (a dict,
-label -> probability; MLflow's scoring server returns it as a JSON object).
+request order, with ``label`` (the predicted support label), ``probabilities`` (a dict,
+label -> probability; MLflow's scoring server returns it as a JSON object) and ``notes`` (how
+the request's images were converted to fit the model, e.g. resized; empty when none were).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
             {
                 "label": [names[i] for i in probabilities.argmax(axis=1)],
                 "probabilities": [dict(zip(names, map(float, row))) for row in probabilities],
+                "notes": "; ".join(episode.notes),
             }
         )
 

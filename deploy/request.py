@@ -2,8 +2,11 @@
 
 Columns: ``role`` ("support" | "query"), ``label`` (support rows: the class name, any string),
 ``image`` (a base64-encoded PNG/JPEG string, or a nested list of 0-255 numbers shaped H×W,
-H×W×C or C×H×W). Images are converted to the model's channels and size. Needs numpy, pandas
-and Pillow only, so any serving front end can reuse it.
+H×W×C or C×H×W). Images are converted to the model's channels and size when that is sensible
+(any size, gray <-> colour, alpha dropped) and the conversions are reported in
+:attr:`Episode.notes`; an image more than twice as long as it is wide is refused, since
+stretching it to the model's square would distort it. Needs numpy, pandas and Pillow only, so
+any serving front end can reuse it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,7 @@ from tasks.preprocess import prepare
 ROLES = ("support", "query")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 CHANNEL_COUNTS = (1, 3, 4)
+MAX_ASPECT_RATIO = 2.0  # longer side / shorter side that is still stretched to a square
 
 
 class RequestError(ValueError):
@@ -37,6 +42,7 @@ class Episode:
     support_labels: np.ndarray  # [ways * shots] int64, episode class indices
     query: np.ndarray  # [queries, C, H, W] uint8
     class_names: list[str]  # episode class index -> label string
+    notes: list[str] = field(default_factory=list)  # conversions made to fit the model, one line each
 
     @property
     def ways(self) -> int:
@@ -68,10 +74,12 @@ def parse_episode(frame: pd.DataFrame, image_shape: tuple[int, int, int]) -> Epi
 
     index = {name: i for i, name in enumerate(class_names)}
     ordered = sorted(zip(labels, support_rows), key=lambda pair: index[pair[0]])
-    support = np.stack([decode_image(row["image"], image_shape, position) for _, (position, row) in ordered])
+    conversions: Counter[str] = Counter()
+    support = np.stack([_decode(row["image"], image_shape, position, conversions) for _, (position, row) in ordered])
     support_labels = np.array([index[label] for label, _ in ordered], dtype=np.int64)
-    query = np.stack([decode_image(row["image"], image_shape, position) for position, row in query_rows])
-    return Episode(support, support_labels, query, class_names)
+    query = np.stack([_decode(row["image"], image_shape, position, conversions) for position, row in query_rows])
+    notes = [f"{count} image(s) {what}" for what, count in conversions.items()]
+    return Episode(support, support_labels, query, class_names, notes)
 
 
 def decode_image(value: Any, image_shape: tuple[int, int, int], row: int) -> np.ndarray:
@@ -79,10 +87,28 @@ def decode_image(value: Any, image_shape: tuple[int, int, int], row: int) -> np.
 
     Resizing and colour conversion are the dataset build's own (``tasks.preprocess.prepare``).
     """
+    return _decode(value, image_shape, row, Counter())
+
+
+def _decode(value: Any, image_shape: tuple[int, int, int], row: int, conversions: Counter[str]) -> np.ndarray:
+    """:func:`decode_image`, counting each conversion it makes in ``conversions``."""
     image = _from_base64(value, row) if isinstance(value, str) else _from_numbers(value, row)
+    channels, size, _ = image_shape
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise RequestError(
+            f"row {row}: image is {height}×{width} pixels, too far from square to stretch to the model's "
+            f"{size}×{size}; crop or pad it to a square first"
+        )
     gray = image.mode in GRAY_MODES
     array = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
-    channels, size, _ = image_shape
+    changes = []
+    if (height, width) != (size, size):
+        changes.append(f"resized from {height}×{width} to {size}×{size}")
+    if gray != (channels == 1) or image.mode in ("LA", "RGBA", "P"):
+        changes.append(f"converted from {image.mode} to {'grayscale' if channels == 1 else 'RGB'}")
+    if changes:
+        conversions[", ".join(changes)] += 1
     return prepare(array, size, channels)
 
 
