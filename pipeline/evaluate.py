@@ -100,7 +100,7 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
     return evaluation
 
 
-def _tasks_per_batch(spec: EpisodeSpec) -> int:
+def tasks_per_batch(spec: EpisodeSpec) -> int:
     """Episodes scored together: about ``IMAGES_PER_BATCH`` images, so 20-way 5-shot stays in memory."""
     return max(1, IMAGES_PER_BATCH // (spec.ways * spec.images_per_class))
 
@@ -117,7 +117,7 @@ def _evaluate_trial(trial: dict[str, Any], test_split, config: Config, device, o
             continue
         spec = EpisodeSpec(ways, shots, test.query)
         episodes = fixed_episodes(
-            test_split, spec, test.episodes, seed=config.seed, batch_tasks=_tasks_per_batch(spec)
+            test_split, spec, test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
         )
         accuracy, ci95 = mean_ci95(episode_accuracies(learner, episodes, device))
         results[setting_key(ways, shots)] = {

@@ -1,0 +1,262 @@
+"""The promote stage: a champion gate between the ``candidate`` and the ``champion`` alias.
+
+Both model versions are scored on the same fixed-seed test-split episodes (the evaluate stage's
+episodes: ``episodes.test`` settings and ``seed``), so the comparison is paired: the decision
+rests on the mean per-episode difference, reported with its 95% confidence interval. The
+``champion`` alias moves to the candidate only when the candidate's accuracy is higher (or with
+``force``); versions are never deleted. The decision, both accuracies and the dataset
+fingerprint are recorded as tags on both versions.
+
+Models built on different datasets (fingerprints) or for a different primary (ways, shots)
+setting are not compared: that is refused with the reason, and ``force`` moves the alias
+without a comparison, saying so in the tags.
+"""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from learners.checkpoint import load_learner
+from pipeline import datasets, tracking
+from pipeline.config import Config
+from pipeline.device import pick_device
+from pipeline.errors import PipelineError
+from pipeline.evaluate import setting_key, tasks_per_batch
+from pipeline.register import ALIAS as CANDIDATE
+from pipeline.scoring import episode_accuracies, mean_ci95
+from tasks.episodes import EpisodeSpec
+from tasks.sampler import fixed_episodes
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION = "champion"
+TAG_PREFIX = "promotion."
+
+Out = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version's number (MLflow returns it as int or str) and tags."""
+
+    number: str
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> RegisteredVersion:
+        return cls(str(version.version), dict(version.tags))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What two versions must share to be compared: the data and the primary episode shape."""
+
+    fingerprint: str
+    ways: int
+    shots: int
+
+    @classmethod
+    def of(cls, name: str, version: RegisteredVersion) -> Setting:
+        tags = version.tags
+        missing = [k for k in ("dataset_fingerprint", "ways", "shots") if k not in tags]
+        if missing:
+            raise PipelineError(
+                f"model {name} version {version.number} lacks the tag(s) {', '.join(missing)}; "
+                "only versions registered by `learn2tune register` can be promoted"
+            )
+        return cls(tags["dataset_fingerprint"], int(tags["ways"]), int(tags["shots"]))
+
+    def differences(self, other: Setting) -> list[str]:
+        return [
+            f"{what} {mine} vs {theirs}"
+            for what, mine, theirs in (
+                ("dataset fingerprint", self.fingerprint, other.fingerprint),
+                ("ways", self.ways, other.ways),
+                ("shots", self.shots, other.shots),
+            )
+            if mine != theirs
+        ]
+
+
+def promote(config: Config, out: Out, candidate: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Gate ``candidate`` (a version number; default: the ``candidate`` alias) against the champion."""
+    client = tracking.make_client(config.tracking.uri)
+    name = config.registry.model_name
+    _check_registered(client, name, config.tracking.uri)
+    challenger = _version(client, name, candidate)
+    champion = _alias_version(client, name, CHAMPION)
+    if champion is not None and champion.number == challenger.number:
+        out(f"{name} version {challenger.number} is already the champion; nothing to do")
+        return {"name": name, "decision": "already champion", "champion": challenger.number}
+
+    setting = Setting.of(name, challenger)
+    differences = setting.differences(Setting.of(name, champion)) if champion is not None else []
+    if differences and not force:
+        raise PipelineError(
+            f"cannot compare {name} version {challenger.number} with champion version {champion.number}: "
+            f"{'; '.join(differences)}. Compare models of one dataset and setting, or pass --force to move "
+            "the champion alias without a comparison"
+        )
+    comparable = not differences
+    scores = _score(config, client, name, setting, [challenger] + ([champion] if champion and comparable else []), out)
+    challenger_acc = scores[challenger.number]
+    champion_acc = scores.get(champion.number) if champion is not None else None
+
+    if champion is None:
+        decision, promoted = "first champion", True
+    elif champion_acc is None:
+        decision, promoted = f"forced; not compared ({'; '.join(differences)})", True
+    else:
+        better = challenger_acc.mean() > champion_acc.mean()
+        promoted = better or force
+        decision = "promoted" if better else ("forced" if force else f"kept version {champion.number}")
+
+    record = _record(setting, config, challenger, challenger_acc, champion, champion_acc, decision)
+    client_tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in record.items()}
+    for key, value in client_tags.items():
+        client.set_model_version_tag(name, challenger.number, key, value)
+    if champion is not None:
+        role = "replaced_by" if promoted else "defended_against"
+        client.set_model_version_tag(name, champion.number, f"{TAG_PREFIX}{role}", challenger.number)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger.number)
+    _report(name, challenger, champion, record, promoted, out)
+    return {"name": name, "champion": challenger.number if promoted else champion.number, **record}
+
+
+def _version(client: MlflowClient, name: str, version: str | None) -> RegisteredVersion:
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        found = _alias_version(client, name, CANDIDATE)
+        if found is None:
+            raise PipelineError(
+                f"model {name!r} has no version with alias {CANDIDATE!r}; run `learn2tune register` first"
+            )
+        return found
+    try:
+        return RegisteredVersion.of(client.get_model_version(name, str(version)))
+    except MlflowException:
+        raise PipelineError(f"model {name!r} has no version {version}") from None
+
+
+def _check_registered(client: MlflowClient, name: str, uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise PipelineError(
+            f"no registered model {name!r} in {uri}; run `learn2tune register` first "
+            "(registry.model_name / --name picks the model)"
+        ) from None
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> RegisteredVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return RegisteredVersion.of(client.get_model_version_by_alias(name, alias))
+    except MlflowException:
+        return None
+
+
+def _score(
+    config: Config, client: MlflowClient, name: str, setting: Setting, versions: list[RegisteredVersion], out: Out
+) -> dict[str, np.ndarray]:
+    """Per-episode test accuracies of every version on one list of fixed-seed episodes."""
+    store = datasets.open_dataset(config)
+    if store.fingerprint != setting.fingerprint:
+        raise PipelineError(
+            f"the dataset in {config.dataset_dir} (fingerprint {store.fingerprint}) is not the one {name} "
+            f"version {versions[0].number} was trained on ({setting.fingerprint}); point the config at that dataset"
+        )
+    spec = EpisodeSpec(setting.ways, setting.shots, config.episodes.test.query)
+    datasets.check_episode(store, "test", spec, f"{name} version {versions[0].number}'s setting")
+    episodes = list(  # every version scores the same list
+        fixed_episodes(
+            store.split("test"), spec, config.episodes.test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
+        )
+    )
+    out(
+        f"promote {name}: scoring version(s) {', '.join(v.number for v in versions)} on the same "
+        f"{config.episodes.test.episodes} test episodes ({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
+    )
+    device = pick_device(config.device)
+    scores = {}
+    for version in versions:
+        learner = _load_version_learner(client, config.tracking.uri, name, version.number, device)
+        scores[version.number] = episode_accuracies(learner, episodes, device)
+    return scores
+
+
+def _load_version_learner(client: MlflowClient, uri: str, name: str, version: str, device):
+    """The learner inside a registered pyfunc version (its ``learner`` artifact directory)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from deploy.fewshot_model import LEARNER_ARTIFACT
+
+    source = client.get_model_version_download_uri(name, version)
+    with tempfile.TemporaryDirectory(prefix="learn2tune-promote-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{source.rstrip('/')}/artifacts/{LEARNER_ARTIFACT}", dst_path=tmp, tracking_uri=uri
+            )
+        except (MlflowException, OSError) as exc:
+            raise PipelineError(f"cannot read {name} version {version}'s learner from {source}: {exc}") from None
+        learner, _ = load_learner(path, device)
+    return learner
+
+
+def _record(
+    setting: Setting,
+    config: Config,
+    challenger: RegisteredVersion,
+    challenger_acc: np.ndarray,
+    champion: RegisteredVersion | None,
+    champion_acc: np.ndarray | None,
+    decision: str,
+) -> dict[str, Any]:
+    accuracy, ci95 = mean_ci95(challenger_acc)
+    record: dict[str, Any] = {
+        "decision": decision,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "episodes": f"{len(challenger_acc)} x {setting_key(setting.ways, setting.shots)}, "
+        f"query {config.episodes.test.query}, seed {config.seed}",
+        "dataset_fingerprint": setting.fingerprint,
+        "candidate_version": challenger.number,
+        "candidate_accuracy": f"{accuracy:.4f}",
+        "candidate_ci95": f"{ci95:.4f}",
+    }
+    if champion is not None:
+        record["champion_version"] = champion.number
+        record["champion_dataset_fingerprint"] = champion.tags.get("dataset_fingerprint", "")
+    if champion_acc is not None:
+        champion_mean, champion_ci = mean_ci95(champion_acc)
+        difference, difference_ci = mean_ci95(challenger_acc - champion_acc)
+        record.update(
+            champion_accuracy=f"{champion_mean:.4f}",
+            champion_ci95=f"{champion_ci:.4f}",
+            paired_difference=f"{difference:+.4f}",
+            paired_difference_ci95=f"{difference_ci:.4f}",
+        )
+    return record
+
+
+def _report(
+    name: str, challenger: RegisteredVersion, champion: RegisteredVersion | None, record: dict, promoted: bool, out: Out
+) -> None:
+    out(f"  candidate version {challenger.number}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
+    if "champion_accuracy" in record:
+        out(f"  champion  version {champion.number}: {record['champion_accuracy']} ± {record['champion_ci95']}")
+        out(f"  paired difference: {record['paired_difference']} ± {record['paired_difference_ci95']}")
+    holder = challenger.number if promoted else champion.number
+    out(f"{record['decision']}: {name}@{CHAMPION} is version {holder}")
