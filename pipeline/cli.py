@@ -1,4 +1,4 @@
-"""``learn2tune``: build | search | evaluate | register | run | bench | ui.
+"""``learn2tune``: build | search | evaluate | register | promote | serve | run | bench | ui.
 
 Heavy libraries (torch, ray, mlflow, optuna) are imported inside the commands, so ``--help``
 answers at once. Bad input ends with one line ``learn2tune: error: ...`` and exit status 2,
@@ -86,6 +86,25 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     register(_config(args), out)
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from pipeline.promote import promote
+
+    promote(_config(args), out, candidate=args.candidate, force=args.force)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serve import resolve, serve_command, server_environment
+
+    config = _config(args)
+    target = resolve(config, args.version, args.alias)
+    command = serve_command(target, args.host, args.port, args.workers)
+    out(f"serving {target.model_uri} (version {target.version}, {target.family}) from {config.tracking.uri}")
+    out(f"  POST http://{args.host}:{args.port}/invocations  (health: GET /ping; Ctrl-C stops)")
+    os.execve(command[0], command, server_environment(config, dict(os.environ)))
+    return 0  # not reached: execve replaces this process
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -229,6 +248,23 @@ def _parser() -> argparse.ArgumentParser:
 
     register = _command(commands, "register", cmd_register, "register the winner in the MLflow Model Registry")
     _register_flags(register)
+
+    promote = _command(
+        commands, "promote", cmd_promote, "move the champion alias to the candidate if it scores higher (paired)"
+    )
+    _register_flags(promote)
+    promote.add_argument("--candidate", metavar="VERSION", help="version to promote (default: alias candidate)")
+    promote.add_argument("--force", action="store_true", help="move the champion alias whatever the comparison says")
+    promote.add_argument("--episodes", help="test episodes to compare on (default: episodes.test.episodes)")
+
+    serve = _command(commands, "serve", cmd_serve, "serve a registered version over HTTP (MLflow scoring server)")
+    _register_flags(serve)
+    which = serve.add_mutually_exclusive_group()
+    which.add_argument("--version", help="model version to serve")
+    which.add_argument("--alias", help="alias to serve (default: champion)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    serve.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
 
     run = _command(commands, "run", cmd_run, "build, search, evaluate and register in one go")
     run.add_argument("--overwrite", action="store_true", help="replace a dataset built with other settings")

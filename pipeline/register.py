@@ -33,10 +33,6 @@ Out = Callable[[str], None]
 
 def register(config: Config, out: Out) -> dict[str, Any]:
     """Register the evaluation's winner; returns name, version, alias and model URI."""
-    import mlflow
-
-    from deploy.fewshot_model import LEARNER_ARTIFACT
-
     evaluation = read_evaluation(config)
     winner = next(m for m in evaluation["models"] if m["trial_id"] == evaluation["winner"])
     checkpoint = Path(winner["checkpoint"])
@@ -48,20 +44,8 @@ def register(config: Config, out: Out) -> dict[str, Any]:
     name = config.registry.model_name
 
     with tempfile.TemporaryDirectory(prefix="learn2tune-model-") as tmp:
-        learner_dir = Path(tmp) / LEARNER_ARTIFACT
-        learner_dir.mkdir()
-        for filename in (SPEC_FILE, WEIGHTS_FILE):
-            shutil.copy2(checkpoint / filename, learner_dir / filename)
         model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
-        mlflow.pyfunc.save_model(
-            path=str(model_dir),
-            python_model=str(_package_dir("deploy") / "pyfunc_entry.py"),
-            artifacts={LEARNER_ARTIFACT: str(learner_dir)},
-            code_paths=[str(_package_dir(package)) for package in CODE_PACKAGES],
-            pip_requirements=_requirements(),
-            signature=_signature(),
-            input_example=_input_example(learner.image_shape, learner.ways),
-        )
+        save_pyfunc_model(checkpoint, learner, model_dir)
         client.log_artifacts(winner["run_id"], str(model_dir), MODEL_ARTIFACT_PATH)
     tags = {
         "family": winner["family"],
@@ -90,6 +74,28 @@ def register(config: Config, out: Out) -> dict[str, Any]:
         f"(alias {ALIAS}; {evaluation['primary']} test accuracy {primary['accuracy']:.4f} ± {primary['ci95']:.4f})"
     )
     return registered
+
+
+def save_pyfunc_model(checkpoint: Path, learner, model_dir: Path) -> None:
+    """Write the MLflow pyfunc model of the learner checkpoint in ``checkpoint`` to ``model_dir``."""
+    import mlflow
+
+    from deploy.fewshot_model import LEARNER_ARTIFACT
+
+    with tempfile.TemporaryDirectory(prefix="learn2tune-learner-") as tmp:
+        learner_dir = Path(tmp) / LEARNER_ARTIFACT
+        learner_dir.mkdir()
+        for filename in (SPEC_FILE, WEIGHTS_FILE):
+            shutil.copy2(checkpoint / filename, learner_dir / filename)
+        mlflow.pyfunc.save_model(
+            path=str(model_dir),
+            python_model=str(_package_dir("deploy") / "pyfunc_entry.py"),
+            artifacts={LEARNER_ARTIFACT: str(learner_dir)},
+            code_paths=[str(_package_dir(package)) for package in CODE_PACKAGES],
+            pip_requirements=_requirements(),
+            signature=_signature(),
+            input_example=_input_example(learner.image_shape, learner.ways),
+        )
 
 
 def _ensure_registered_model(client, name: str) -> None:
@@ -122,7 +128,9 @@ def _signature():
         inputs=Schema(
             [ColSpec("string", "role"), ColSpec("string", "label", required=False), ColSpec(AnyType(), "image")]
         ),
-        outputs=Schema([ColSpec("string", "label"), ColSpec(AnyType(), "probabilities")]),
+        outputs=Schema(
+            [ColSpec("string", "label"), ColSpec(AnyType(), "probabilities"), ColSpec("string", "notes")]
+        ),
     )
 
 
