@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = Path("configs/quickstart.yaml")
 SOURCES = ("synthetic", "omniglot", "folder")
-BENCHMARKS = ("sampler", "maml", "families")
+BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 out = functools.partial(print, flush=True)

@@ -70,8 +70,13 @@ def serve_command(target: ServeTarget, host: str, port: int, workers: int) -> li
 def server_environment(config: Config, environ: dict[str, str]) -> dict[str, str]:
     """The server's environment: this config's tracking store and registry, the venv on PATH."""
     return {
-        **environ,
+        **with_scripts_on_path(environ),
         "MLFLOW_TRACKING_URI": config.tracking.uri,
         "MLFLOW_REGISTRY_URI": config.tracking.uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}",
     }
+
+
+def with_scripts_on_path(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` with this interpreter's scripts first on PATH: ``mlflow models serve`` starts
+    ``uvicorn`` by name, which is found only there when the venv is not activated."""
+    return {**environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environ.get('PATH', '')}"}
