@@ -131,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out("\n== register")
     registered = register(config, out)
     out("\n" + run_summary(evaluation, registered))
+    config_arg = f" {args.config}" if args.config else ""
+    out(f"\nmake it the champion and serve it:\n  learn2tune promote{config_arg}\n  learn2tune serve{config_arg}")
     out("\nbrowse runs, curves and the registry with:\n  " + " ".join(ui_command(config)))
     return 0
 
