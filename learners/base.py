@@ -42,6 +42,7 @@ class Learner(nn.Module, abc.ABC):
     paper: ClassVar[str]
     Hyperparams: ClassVar[type]
     search_space: ClassVar[SearchSpace] = {}
+    fixed_ways: ClassVar[bool] = False  # one output unit per way: scores only ``ways``-way episodes
 
     def __init__(self, hparams: Any, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__()
@@ -74,7 +75,12 @@ class Learner(nn.Module, abc.ABC):
         return spec
 
     def check_ways(self, ways: int) -> None:
-        """Refuse episodes a fixed-size output head cannot score (override for such heads)."""
+        """Refuse episodes a fixed-size output head (:attr:`fixed_ways`) cannot score."""
+        if self.fixed_ways and ways != self.ways:
+            raise ValueError(
+                f"{self.family} was built for {self.ways}-way episodes with a {self.ways}-way output head and "
+                f"cannot score {ways}-way episodes; train a {ways}-way {self.family} model for them"
+            )
 
     def extra_state(self) -> dict[str, Any]:
         """Non-parameter state a checkpoint must keep (the meta-optimizer, by default)."""

@@ -56,6 +56,7 @@ class MAML(Learner):
 
     family: ClassVar[str] = "maml"
     paper: ClassVar[str] = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
+    fixed_ways: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Hyperparams(MAMLHyperparams):
@@ -81,13 +82,6 @@ class MAML(Learner):
     @property
     def first_order(self) -> bool:
         return self.hparams.first_order
-
-    def check_ways(self, ways: int) -> None:
-        if ways != self.ways:
-            raise ValueError(
-                f"{self.family} has a {self.ways}-way output head and cannot score {ways}-way episodes; "
-                f"train a {ways}-way {self.family} model for them"
-            )
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         self.check_ways(batch.ways)

@@ -220,6 +220,7 @@ class MANN(Learner):
     paper: ClassVar[str] = (
         "Santoro et al. 2016, One-shot learning with memory-augmented neural networks (ICML 2016)"
     )
+    fixed_ways: ClassVar[bool] = True
     Hyperparams: ClassVar[type] = MannHyperparams
     search_space: ClassVar[SearchSpace] = {
         "lr": Float(1e-4, 3e-3, log=True),
@@ -255,13 +256,6 @@ class MANN(Learner):
         self._order_rng = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
 
     # --- the contract -------------------------------------------------------------------------
-
-    def check_ways(self, ways: int) -> None:
-        if ways != self.ways:
-            raise ValueError(
-                f"this MANN was built for {self.ways}-way episodes (its output layer and one-hot label "
-                f"input have {self.ways} units) and cannot score {ways}-way episodes; train one with ways={ways}"
-            )
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         """One update on ``batch`` presented exactly as :meth:`predict` presents a task; the loss

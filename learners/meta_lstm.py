@@ -97,6 +97,7 @@ class MetaLSTM(Learner):
 
     family: ClassVar[str] = "meta_lstm"
     paper: ClassVar[str] = "Ravi & Larochelle 2017, Optimization as a Model for Few-Shot Learning (ICLR)"
+    fixed_ways: ClassVar[bool] = True
     Hyperparams = MetaLSTMHyperparams
 
     search_space = {
@@ -118,13 +119,6 @@ class MetaLSTM(Learner):
         self.path_timings_ms: dict[str, float] = {}
         self._shapes = {name: p.shape for name, p in self.net.named_parameters()}
         self._task_grad = grad_and_value(self._loss)
-
-    def check_ways(self, ways: int) -> None:
-        if ways != self.ways:
-            raise ValueError(
-                f"{self.family} has a {self.ways}-way output head and cannot score {ways}-way episodes; "
-                f"train a {ways}-way {self.family} model for them"
-            )
 
     # --- flat parameters <-> the learner's parameter dict ----------------------------------------
 

@@ -134,6 +134,7 @@ class MetaNet(Learner):
 
     family: ClassVar[str] = "metanet"
     paper: ClassVar[str] = "Munkhdalai & Yu 2017, Meta Networks (ICML 2017)"
+    fixed_ways: ClassVar[bool] = True
     Hyperparams: ClassVar[type] = MetaNetHyperparams
     search_space: ClassVar[SearchSpace] = {
         "lr": Float(1e-4, 3e-3, log=True),
@@ -171,13 +172,6 @@ class MetaNet(Learner):
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
 
     # --- the contract -------------------------------------------------------------------------
-
-    def check_ways(self, ways: int) -> None:
-        if ways != self.ways:
-            raise ValueError(
-                f"this MetaNet was built for {self.ways}-way episodes (its base learner's output layer "
-                f"has {self.ways} units) and cannot score {ways}-way episodes; train one with ways={ways}"
-            )
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         self.check_ways(batch.ways)

@@ -75,6 +75,7 @@ class Reptile(Learner):
 
     family: ClassVar[str] = "reptile"
     paper: ClassVar[str] = "Nichol, Achiam & Schulman 2018, On First-Order Meta-Learning Algorithms (arXiv:1803.02999)"
+    fixed_ways: ClassVar[bool] = True
     Hyperparams = ReptileHyperparams
 
     search_space = {
@@ -96,13 +97,6 @@ class Reptile(Learner):
         self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path
         self.path_timings_ms: dict[str, float] = {}
         self._task_grad = grad_and_value(self.inner.loss, has_aux=True)
-
-    def check_ways(self, ways: int) -> None:
-        if ways != self.ways:
-            raise ValueError(
-                f"{self.family} has a {self.ways}-way output head and cannot score {ways}-way episodes; "
-                f"train a {ways}-way {self.family} model for them"
-            )
 
     # --- meta-training -------------------------------------------------------------------------
 
