@@ -149,7 +149,8 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
     chosen = auto.chosen_path
     paths = list(dict.fromkeys([*paths, chosen]))
     timings = ", ".join(f"{p} {ms:.0f}" for p, ms in auto.path_timings_ms.items())
-    print(f"\n== {order} order: auto picked {chosen!r} in {time.perf_counter() - start:.1f} s (ms: {timings})")
+    how = f"ms: {timings}" if timings else "untimed off a GPU"
+    print(f"\n== {order} order: auto picked {chosen!r} in {time.perf_counter() - start:.1f} s ({how})")
 
     base_net = learner("loop", first_order, device).net
     baseline = BaselineMAML(copy.deepcopy(base_net), auto.hparams.inner_lr, auto.hparams.meta_lr, first_order)

@@ -17,6 +17,8 @@ checkpoint resumes training exactly.
 from __future__ import annotations
 
 import abc
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -91,6 +93,22 @@ class Learner(nn.Module, abc.ABC):
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
+
+
+def first_path_that_runs(family: str, paths: Sequence[str], run: Callable[[str], object]) -> str:
+    """The first of ``paths`` that ``run`` completes, warning about each one that raises.
+
+    ``path="auto"`` chooses so off a GPU: untimed, hence the same choice on every run. The paths
+    agree only to rounding, so a timed choice could make two runs of one seed differ in the last digits.
+    """
+    for path in paths:
+        try:
+            run(path)
+        except Exception as exc:  # a path this machine cannot run, e.g. torch.compile without a compiler
+            warnings.warn(f"{family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
+            continue
+        return path
+    raise RuntimeError(f"{family}: none of the paths {', '.join(paths)} runs here")
 
 
 def episode_ways(support_y: torch.Tensor) -> int:

@@ -10,9 +10,11 @@ Batch-norm always uses the statistics of the batch it sees, as Finn's code does:
 transductive (query logits depend on the task's other query images) and keeps no running stats.
 
 The meta-gradient has several equal formulations (:mod:`learners.meta_gradient`); the
-``path`` hyperparameter picks one, and ``"auto"`` times the candidates for this device on the
-first meta-batch (without applying any of them), keeps the fastest for the life of the learner
-and exposes it as ``chosen_path`` (timings in ``path_timings_ms``).
+``path`` hyperparameter picks one. ``"auto"`` decides on the first meta-batch (without applying
+anything) and keeps its choice for the life of the learner as ``chosen_path``: on a GPU it times
+the candidates and keeps the fastest (timings in ``path_timings_ms``); on a CPU it takes the
+first candidate that runs, untimed, because the formulations agree only to rounding and a timed
+choice would keep a CPU run from repeating to the last digit.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ from typing import ClassVar
 import torch
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs
 from learners.meta_gradient import PATHS, MetaGradient, MetaStep
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
-# Candidates "auto" times, by device type. The vmap-ed paths are left out on CPUs, where their
-# grouped convolutions measured 2-3x slower than a task loop; a GPU gets every path.
+# Candidates of "auto", by device type. A GPU times every path. A CPU takes the first that runs,
+# in order of measured speed there (README, Benchmarks); the vmap-ed paths are left out, their
+# grouped convolutions measured 2-3x slower than a task loop on a CPU.
 AUTO_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "cpu": ("loop", "split", "split-compiled"),
+    "cpu": ("split-compiled", "split", "loop"),
     "cuda": PATHS,
 }
 AUTO_TIMED_RUNS = 3  # timed runs per candidate after one warm-up (which includes any compilation)
@@ -100,10 +103,16 @@ class MAML(Learner):
         return self.meta_gradient(path, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
 
     def auto_candidates(self) -> tuple[str, ...]:
-        """The paths ``"auto"`` times on this learner's device."""
+        """The paths ``"auto"`` chooses from on this learner's device."""
         return AUTO_CANDIDATES.get(self.device.type, ("loop", "split", "split-vmap"))
 
     def choose_path(self, batch: EpisodeBatch) -> str:
+        """What ``"auto"`` runs: on a GPU the fastest candidate, elsewhere the first that runs."""
+        if self.device.type == "cuda":
+            return self.fastest_path(batch)
+        return first_path_that_runs(self.family, self.auto_candidates(), lambda path: self.compute(path, batch))
+
+    def fastest_path(self, batch: EpisodeBatch) -> str:
         """The fastest candidate on ``batch``: each warmed up once (compiling, if it compiles), then
         timed interleaved; the lowest time wins (on a shared machine, load only ever adds time).
         Nothing is applied to the weights."""

@@ -34,7 +34,8 @@ Choices made:
   (large forget bias, small input bias).
 - Vectorised over tasks: the meta-learner runs on all ``tasks x parameters`` coordinates at once;
   the learner's support gradients are either ``vmap``-ed over tasks or looped (``path``; ``"auto"``
-  times both on the first meta-batch). Query losses are looped over tasks (plain autograd through
+  times both on the first meta-batch on a GPU, and takes ``vmap`` untimed on a CPU, so that a CPU
+  run repeats to the last digit). Query losses are looped over tasks (plain autograd through
   them, never through a ``vmap``-ed batch-norm).
 """
 
@@ -52,12 +53,13 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs
 from learners.gradient_encoding import preprocess_gradients
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
 PATHS: tuple[str, ...] = ("loop", "vmap")
+CPU_AUTO: tuple[str, ...] = ("vmap", "loop")  # what "auto" runs on a CPU: the first that runs, untimed
 AUTO_TIMED_RUNS = 2
 
 
@@ -187,8 +189,13 @@ class MetaLSTM(Learner):
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
     def _choose_path(self, batch: EpisodeBatch) -> str:
-        """The faster support-gradient layout on this batch (one warm-up each, then timed; median)."""
+        """On a GPU the faster support-gradient layout on this batch (one warm-up each, then timed;
+        median); elsewhere the first of :data:`CPU_AUTO` that runs."""
         flat = self.initial().detach().expand(batch.tasks, -1)
+        if self.device.type != "cuda":
+            return first_path_that_runs(
+                self.family, CPU_AUTO, lambda path: self.support_gradients(path, flat, batch.support_x, batch.support_y)
+            )
         runs: dict[str, list[float]] = {}
         for path in PATHS:
             try:

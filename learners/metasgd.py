@@ -14,7 +14,7 @@ Choices made:
   (the paper does not constrain it: a negative coordinate is a learned step direction).
 - The meta-gradient is second order (through the inner step) unless ``first_order``; it is
   computed by MAML's own :class:`~learners.meta_gradient.MetaGradient` with the per-parameter
-  rate, so every MAML path (``loop``, ``vmap``, ``split``, ...) and the ``"auto"`` timing apply.
+  rate, so every MAML path (``loop``, ``vmap``, ``split``, ...) and MAML's ``"auto"`` choice apply.
 - The network is MAML's: Conv-4 (stride-2 by default) plus a ``ways``-way linear head; batch-norm
   uses batch statistics at training and test time (transductive, like Finn's MAML).
 """

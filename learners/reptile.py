@@ -20,7 +20,8 @@ Choices made:
   exhausted (sampling without replacement within a pass), from the global torch generator.
 - All tasks adapt in one call: ``vmap`` over the task axis of the shared adaptation step, or a
   loop over tasks (the ``path`` hyperparameter; ``"auto"`` times both on the first meta-batch and
-  keeps the faster). Gradients come from MAML's functional
+  keeps the faster on a GPU, and takes ``vmap`` untimed on a CPU, so that a CPU run repeats to
+  the last digit). Gradients come from MAML's functional
   :class:`~learners.meta_gradient.MetaGradient` (its ``loss`` and its SGD ``step``).
 - ``predict`` fine-tunes on the whole support set every step (``test_inner_steps``) with the same
   inner optimizer, then scores the queries. Batch-norm always uses batch statistics and keeps no
@@ -45,12 +46,13 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
 PATHS: tuple[str, ...] = ("loop", "vmap")
+CPU_AUTO: tuple[str, ...] = ("vmap", "loop")  # what "auto" runs on a CPU: the first that runs, untimed
 INNER_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 ADAM_BETAS = (0.0, 0.999)  # β1 = 0 as in Nichol et al.'s experiments
 ADAM_EPS = 1e-8
@@ -165,7 +167,10 @@ class Reptile(Learner):
         return params, m, v
 
     def _choose_path(self, batch: EpisodeBatch, order: torch.Tensor) -> str:
-        """The faster of :data:`PATHS` on this batch (one warm-up, then interleaved timed runs; median)."""
+        """On a GPU the faster of :data:`PATHS` on this batch (one warm-up, then interleaved timed runs;
+        median); elsewhere the first of :data:`CPU_AUTO` that runs."""
+        if self.device.type != "cuda":
+            return first_path_that_runs(self.family, CPU_AUTO, lambda path: self.adapted(path, batch, order))
         runs: dict[str, list[float]] = {}
         for path in PATHS:
             try:

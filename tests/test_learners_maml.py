@@ -93,22 +93,35 @@ def test_training_reduces_loss_on_a_fixed_batch(family):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_auto_times_the_candidates_and_keeps_the_fastest():
-    class TwoPaths(MAML):
-        def auto_candidates(self):
-            return ("loop", "split")
+class TwoPaths(MAML):
+    """MAML whose "auto" chooses between an unknown path (which raises) and the two cheap ones."""
 
+    def auto_candidates(self):
+        return ("nope", "split", "loop")
+
+
+def test_auto_on_a_gpu_times_the_candidates_and_keeps_the_fastest():
+    torch.manual_seed(0)
+    learner = TwoPaths(make_hparams("maml", {"width": 6, "depth": 2}), SHAPE, 3)
+    before = [p.detach().clone() for p in learner.parameters()]
+    with pytest.warns(UserWarning, match="skipping path 'nope'"):
+        fastest = learner.fastest_path(batch(dtype=torch.float32))  # what choose_path runs on a GPU
+    assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters()))  # timing applies no update
+    assert set(learner.path_timings_ms) == {"split", "loop"}
+    assert fastest == min(learner.path_timings_ms, key=learner.path_timings_ms.get)
+
+
+def test_auto_on_a_cpu_takes_the_first_candidate_that_runs_untimed():
     torch.manual_seed(0)
     learner = TwoPaths(make_hparams("maml", {"width": 6, "depth": 2}), SHAPE, 3)
     before = [p.detach().clone() for p in learner.parameters()]
     b = batch(dtype=torch.float32)
-    learner.choose_path(b)  # timing applies no update
+    with pytest.warns(UserWarning, match="skipping path 'nope'"):
+        assert learner.choose_path(b) == "split"
     assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters()))
-    assert learner.chosen_path is None
-    learner.meta_train_step(b)
-    assert learner.chosen_path in ("loop", "split")
-    assert set(learner.path_timings_ms) == {"loop", "split"}
-    assert learner.chosen_path == min(learner.path_timings_ms, key=learner.path_timings_ms.get)
+    with pytest.warns(UserWarning, match="skipping path 'nope'"):
+        learner.meta_train_step(b)
+    assert learner.chosen_path == "split" and learner.path_timings_ms == {}
 
 
 def test_refuses_a_different_number_of_ways():
