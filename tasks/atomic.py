@@ -1,9 +1,16 @@
-"""Atomic publication of a directory: build it beside the target, fsync, rename."""
+"""Atomic publication of a directory: build it beside the target, fsync, rename.
+
+Staging directories are named ``.<target>.tmp-<host>-<pid>-<random>`` (and a replaced target
+is set aside as ``.<target>.old-<host>-<pid>-<random>``), so a later build can tell the ones a
+killed build left behind (:func:`remove_stale`) from those of a build still running.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -17,10 +24,50 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _host() -> str:
+    """This machine's name, reduced to characters that are safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def _owned_dir(target: Path, kind: str) -> Path:
+    """A fresh hidden ``kind`` directory next to ``target``, named after this host and process."""
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-{_host()}-{os.getpid()}-", dir=target.parent))
+
+
 def staging_dir(target: Path) -> Path:
     """A fresh hidden directory next to ``target`` (same file system, so a rename is atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    return _owned_dir(target, "tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Delete the staging and set-aside directories of ``target`` whose build process has died.
+
+    Only directories named by this host with a pid that no longer exists are removed; those of
+    running builds, of other hosts, or named otherwise are left alone. Returns what was removed.
+    """
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
+    removed = []
+    for entry in sorted(target.parent.iterdir()):
+        match = pattern.fullmatch(entry.name)
+        if match is None or match["host"] != _host() or _pid_alive(int(match["pid"])) or not entry.is_dir():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def publish_dir(staging: Path, target: Path, *, replace: bool) -> None:
@@ -35,7 +82,7 @@ def publish_dir(staging: Path, target: Path, *, replace: bool) -> None:
     fsync_path(staging)
     old: Path | None = None
     if replace and target.exists() and any(target.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old = _owned_dir(target, "old")
         os.replace(target, old / target.name)
     os.rename(staging, target)
     fsync_path(target.parent)

@@ -2,8 +2,9 @@
 
 The dataset directory appears atomically: everything is written into a hidden staging
 directory next to ``out_dir`` (manifest last) and renamed into place, so an interrupted build
-leaves no directory that passes as a dataset. A directory that already holds the same
-fingerprint is returned as is.
+leaves no directory that passes as a dataset; the next build of the same directory deletes
+what a killed one left there. A directory that already holds the same fingerprint is
+returned as is.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def build_dataset(
     Returns the existing manifest without rebuilding when ``out_dir`` already holds the same
     fingerprint intact. ``overwrite`` allows replacing a different or damaged dataset there;
     a non-empty directory that is not a dataset is never touched. Raises :class:`DatasetError`
-    for those refusals and for unreadable sources, ``ValueError`` for an invalid spec.
+    for those refusals, for unreadable sources and for sources with too few classes to split
+    as asked, ``ValueError`` for an invalid spec.
     ``progress`` receives one-line status messages (pass ``print`` to see them).
     """
     validate_build_spec(spec)
@@ -169,14 +171,19 @@ def write_dataset(
     digest = source.digest()
     fp = fingerprint(digest, params)
     existing = _existing_dataset(out, fp, overwrite)
+    _remove_stale(out, say)
     if existing is not None:
         say(f"{out} already holds dataset {fp[:12]} (same source and settings): not rebuilding")
         return existing
     resolved = spec.resolved()
     classes = source.classes()
-    split = split_classes(classes, resolved.split, resolved.val_classes, resolved.test_classes, resolved.seed)
+    where = f"{source.kind} source{f' {source.location}' if source.location else ''}"
+    try:
+        split = split_classes(classes, resolved.split, resolved.val_classes, resolved.test_classes, resolved.seed)
+    except ValueError as exc:  # the source has too few classes for the split the spec asks for
+        raise DatasetError(f"{where}: {exc}") from None
     say(
-        f"{source.kind} source{f' {source.location}' if source.location else ''}: {len(classes)} classes -> "
+        f"{where}: {len(classes)} classes -> "
         + ", ".join(f"{name} {len(members)}" for name, members in split.items())
         + (" (x4 with rotations)" if resolved.rotations else "")
     )
@@ -248,6 +255,13 @@ def _existing_dataset(out: Path, fp: str, overwrite: bool) -> dict[str, Any] | N
             f"{fp[:12]}); pass overwrite (--overwrite) to replace it or choose another directory"
         )
     return None
+
+
+def _remove_stale(out: Path, say: Progress) -> None:
+    """Delete what builds of ``out`` that were killed left beside it, in one progress line."""
+    removed = atomic.remove_stale(out)
+    if removed:
+        say(f"removed what interrupted builds of {out.name} left: {', '.join(p.name for p in removed)}")
 
 
 def _damage(out: Path, manifest: dict[str, Any]) -> str | None:

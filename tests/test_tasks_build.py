@@ -1,19 +1,28 @@
-"""Dataset builds: manifest, fingerprint, no-op rebuilds, overwrite rules, atomicity, validation."""
+"""Dataset builds: manifest, fingerprint, no-op rebuilds, overwrite rules, atomicity, crash cleanup, validation."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.cli import main
+from tasks import atomic
 from tasks.build import BuildSpec, build_dataset, build_params, validate_build_spec, write_dataset
 from tasks.errors import DatasetError
 from tasks.manifest import fingerprint
+from tasks.store import DatasetStore
 from tasks.synthetic import SyntheticSource
 
 
@@ -151,3 +160,66 @@ def test_rotations_make_four_classes_per_character(tmp_path):
 def test_validate_build_spec_names_the_field(change, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         validate_build_spec(dataclasses.replace(BuildSpec(), **change))
+
+
+CRASH_CONFIG = """\
+name: crash
+workdir: {root}/runs
+data: {{synthetic_classes: 800, synthetic_images_per_class: 10, dir: {root}/ds}}
+"""
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_build_killed_midway_leaves_no_dataset_and_the_next_build_cleans_up(tmp_path, capsys):
+    (tmp_path / "crash.yaml").write_text(CRASH_CONFIG.format(root=tmp_path))
+    argv = ["build", "-c", str(tmp_path / "crash.yaml")]
+    out = tmp_path / "ds"
+    with (tmp_path / "build.log").open("wb") as log:
+        build = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], stdout=log, stderr=log)
+        try:
+            # mid-build: the staging directory exists and its first split file is being written
+            _wait_for(lambda: any(tmp_path.glob(".ds.tmp-*/train.parquet")) or build.poll() is not None, 120, "staging")
+        finally:
+            build.kill()
+            build.wait()
+    assert build.returncode == -signal.SIGKILL, (tmp_path / "build.log").read_text()
+    [staging] = tmp_path.glob(".ds.tmp-*")
+    assert f"-{build.pid}-" in staging.name
+    for path in (out, staging):
+        with pytest.raises(DatasetError):
+            DatasetStore.open(path)
+
+    assert main(argv) == 0
+    assert f"removed what interrupted builds of ds left: {staging.name}" in capsys.readouterr().out
+    assert DatasetStore.open(out).split("test").num_classes == 160
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build.log", "crash.yaml", "ds"]
+
+
+def test_stale_cleanup_spares_running_builds_other_hosts_and_foreign_names(tmp_path):
+    target = tmp_path / "ds"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    host = atomic.staging_dir(target).name.split("-")[1]  # this process's own, live, staging dir
+    dead = tmp_path / f".ds.tmp-{host}-{finished.pid}-abc123"
+    dead_old = tmp_path / f".ds.old-{host}-{finished.pid}-abc124"
+    kept = {
+        f".ds.tmp-otherhost-{finished.pid}-abc125",  # another machine's build: its pid means nothing here
+        f".ds.tmp-{host}-{finished.pid}",  # not a name this module makes
+        ".ds.tmp-legacy1",  # the old unowned naming
+        f".other.tmp-{host}-{finished.pid}-abc126",  # another target's
+    }
+    for path in (dead, dead_old, *(tmp_path / name for name in kept)):
+        path.mkdir()
+        (path / "train.parquet").write_bytes(b"partial")
+    assert atomic.remove_stale(target) == [dead_old, dead]
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left - kept == {next(p.name for p in tmp_path.glob(f".ds.tmp-{host}-{os.getpid()}-*"))}
+    assert atomic.remove_stale(tmp_path / "missing" / "ds") == []
