@@ -12,7 +12,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -26,7 +26,10 @@ out = functools.partial(print, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already reported in one line
+        return int(exc.code or 0)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines about database setup
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     errors = _user_errors()
@@ -222,8 +225,15 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
 # ---------------------------------------------------------------- argument parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error (an unknown flag, a missing value) in one line, like all bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"learn2tune: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="learn2tune",
         description="AutoML for few-shot meta-learning: build episodic datasets, search learner "
         "families with Ray Tune, evaluate on meta-test episodes, register the winner in MLflow.",

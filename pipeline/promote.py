@@ -89,7 +89,7 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     """Gate ``candidate`` (a version number; default: the ``candidate`` alias) against the champion."""
     client = tracking.make_client(config.tracking.uri)
     name = config.registry.model_name
-    _check_registered(client, name, config.tracking.uri)
+    tracking.check_registered_model(client, name, config.tracking.uri)
     challenger = _version(client, name, candidate)
     champion = _alias_version(client, name, CHAMPION)
     if champion is not None and champion.number == challenger.number:
@@ -145,18 +145,6 @@ def _version(client: MlflowClient, name: str, version: str | None) -> Registered
         return RegisteredVersion.of(client.get_model_version(name, str(version)))
     except MlflowException:
         raise PipelineError(f"model {name!r} has no version {version}") from None
-
-
-def _check_registered(client: MlflowClient, name: str, uri: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        raise PipelineError(
-            f"no registered model {name!r} in {uri}; run `learn2tune register` first "
-            "(registry.model_name / --name picks the model)"
-        ) from None
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> RegisteredVersion | None:

@@ -39,6 +39,7 @@ def resolve(config: Config, version: str | None, alias: str | None) -> ServeTarg
     name = config.registry.model_name
     if version is not None and alias is not None:
         raise PipelineError("give --version or --alias, not both")
+    tracking.check_registered_model(client, name, config.tracking.uri)
     try:
         if version is not None:
             found, uri = client.get_model_version(name, str(version)), f"models:/{name}/{version}"
@@ -46,7 +47,7 @@ def resolve(config: Config, version: str | None, alias: str | None) -> ServeTarg
             alias = alias or DEFAULT_ALIAS
             found, uri = client.get_model_version_by_alias(name, alias), f"models:/{name}@{alias}"
     except MlflowException:
-        what = f"version {version}" if version is not None else f"a version with alias {alias!r}"
+        what = f"version {version}" if version is not None else f"version with alias {alias!r}"
         hint = "; `learn2tune promote` sets the champion" if alias == DEFAULT_ALIAS else ""
         raise PipelineError(
             f"model {name!r} in {config.tracking.uri} has no {what}{hint} (registry.model_name / --name picks the model)"

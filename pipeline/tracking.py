@@ -50,6 +50,19 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+def check_registered_model(client: MlflowClient, name: str, uri: str) -> None:
+    """PipelineError unless the registry at ``uri`` holds a model named ``name``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise PipelineError(
+            f"no registered model {name!r} in {uri}; run `learn2tune register` first "
+            "(registry.model_name / --name picks the model)"
+        ) from None
+
+
 def start_run(
     client: MlflowClient,
     experiment_id: str,

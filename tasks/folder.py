@@ -2,8 +2,9 @@
 
 ``root/<class>/*.png`` gives class key ``<class>`` in group ``<class>``; nested layouts such as
 ``root/<alphabet>/<character>/*.png`` give key ``<alphabet>/<character>`` in group
-``<alphabet>`` (the parent folder). Hidden files and folders are skipped. Images decode to
-grayscale (``H x W``) or RGB (``H x W x 3``) ``uint8`` as stored, with no inversion.
+``<alphabet>`` (the parent folder); each class needs at least two images. Hidden files and
+folders are skipped. Images decode to grayscale (``H x W``) or RGB (``H x W x 3``) ``uint8``
+as stored, with no inversion.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tasks.source import ClassInfo, Source
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+MIN_IMAGES_PER_CLASS = 2  # the smallest episode shows each class once as support, once as query
 
 
 class FolderSource(Source):
@@ -36,6 +38,13 @@ class FolderSource(Source):
             raise DatasetError(
                 f"image folder {self._root} holds no classes (expected {self._root}/<class>/<image> "
                 f"files with extension {', '.join(EXTENSIONS)})"
+            )
+        small = sorted(key for key, names in self._files.items() if len(names) < MIN_IMAGES_PER_CLASS)
+        if small:
+            raise DatasetError(
+                f"image folder {self._root}: class {small[0]!r} has only {len(self._files[small[0]])} image "
+                f"({len(small)} of {len(self._files)} classes have fewer than {MIN_IMAGES_PER_CLASS}); every class "
+                f"needs at least {MIN_IMAGES_PER_CLASS}, one support and one query image"
             )
         self._digest: str | None = None
 

@@ -115,9 +115,11 @@ def _load_split(directory: Path, name: str, entry: dict[str, Any], shape: tuple[
             f"{path}: every image must be {image_bytes} bytes (image_shape {list(shape)} in manifest.json)"
         )
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        what = "same size, other sha256"
+        if len(data) != entry["bytes"]:
+            what = f"{len(data)} bytes, manifest.json says {entry['bytes']}"
         raise DatasetError(
-            f"{path}: content differs from manifest.json (size {len(data)}, expected {entry['bytes']}; sha256 "
-            f"mismatch): the file was modified or belongs to another dataset"
+            f"{path}: content differs from manifest.json ({what}): the file was modified or belongs to another dataset"
         )
     images = image_array(column, shape)
     images.flags.writeable = False

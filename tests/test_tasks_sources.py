@@ -64,6 +64,7 @@ def test_folder_source_classes_groups_and_images(tmp_path):
     _write_png(tmp_path / "cat" / "a.png", np.full((10, 12, 3), 200, np.uint8))
     _write_png(tmp_path / "cat" / "b.jpg", np.zeros((8, 8, 3), np.uint8))
     _write_png(tmp_path / "greek" / "alpha" / "1.png", np.full((5, 5), 7, np.uint8))
+    _write_png(tmp_path / "greek" / "alpha" / "2.png", np.full((5, 5), 8, np.uint8))
     (tmp_path / "greek" / "alpha" / "notes.txt").write_text("ignored")
     (tmp_path / ".hidden").mkdir()
     _write_png(tmp_path / ".hidden" / "x.png", np.zeros((5, 5), np.uint8))
@@ -86,7 +87,10 @@ def test_folder_source_errors(tmp_path):
     _write_png(tmp_path / "flat" / "a.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(DatasetError, match="sub-folder"):
         FolderSource(tmp_path / "flat")
-    (tmp_path / "bad" / "cls").mkdir(parents=True)
+    _write_png(tmp_path / "single" / "cls" / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DatasetError, match="class 'cls' has only 1 image"):
+        FolderSource(tmp_path / "single")
+    _write_png(tmp_path / "bad" / "cls" / "a.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "bad" / "cls" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="broken.png"):
         FolderSource(tmp_path / "bad").images("cls")
