@@ -9,6 +9,7 @@ directories) all see the same locations.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -158,7 +159,7 @@ def load_config(
 
     ``overrides`` are ``(dotted.key, value)`` pairs applied on top of the file.
     """
-    raw = _read_yaml(Path(path)) if path is not None else {}
+    raw = read_yaml(Path(path)) if path is not None else {}
     for key, value in overrides:
         _assign(raw, key, value)
     config = parse(Config, raw)
@@ -174,10 +175,25 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), parse_scalar(value)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` and ``1.0e30`` as floats as YAML 1.2 does.
+
+    YAML 1.1 (PyYAML's default) wants a dot and a signed exponent, so a learning rate written
+    ``1e-3`` would arrive as the string "1e-3".
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def parse_scalar(text: str) -> Any:
     """A command-line value read as YAML (``5`` -> 5, ``true`` -> True, ``[1, 5]`` -> list)."""
     try:
-        return yaml.safe_load(text) if text.strip() else None
+        return yaml.load(text, Loader=_Loader) if text.strip() else None
     except yaml.YAMLError:
         return text
 
@@ -187,7 +203,8 @@ def parse_list(text: str) -> list[Any]:
     return [parse_scalar(item) for item in text.split(",")]
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """The mapping in YAML file ``path`` (YAML 1.2 floats); ConfigError naming the file otherwise."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -195,7 +212,7 @@ def _read_yaml(path: Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

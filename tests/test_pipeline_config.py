@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config, parse_assignment
+from pipeline.config import load_config, parse_assignment, parse_scalar
 from pipeline.errors import ConfigError
 
 
@@ -99,3 +99,11 @@ def test_tracking_uri_from_environment_and_relative_paths_made_absolute(tmp_path
     config = load(tmp_path, None, "tracking.uri=http://mlflow.internal:5000", "workdir=/abs/w", "data.dir=d")
     assert config.tracking.uri == "http://mlflow.internal:5000"
     assert config.workdir == "/abs/w" and config.data.dir == str(tmp_path / "d")
+
+
+def test_exponent_floats_read_as_numbers_as_in_yaml_1_2(tmp_path):
+    # PyYAML (YAML 1.1) alone reads `1e-3` as the string "1e-3"; a learning rate is written so.
+    (tmp_path / "lr.yaml").write_text("search: {fixed: {maml: {inner_lr: 1e-3, meta_lr: 2E+1}}}\n")
+    config = load_config(tmp_path / "lr.yaml", cwd=tmp_path, environ={})
+    assert config.search.fixed["maml"] == {"inner_lr": 0.001, "meta_lr": 20.0}
+    assert parse_scalar("5e-4") == 0.0005 and parse_scalar("1e") == "1e"
