@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.ray_runtime import check_trial_resources, connect
     from pipeline.register import register
     from pipeline.report import run_summary
-    from pipeline.search import search
+    from pipeline.search import RESULT_FILE, search
 
     config = _config(args)
     datasets.validate_build(config)
@@ -128,7 +128,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     datasets.check_search_episodes(store, config)
     datasets.check_test_episodes(store, config)
     out("\n== search")
-    search(config, out, os.environ)
+    if args.resume and (config.experiment_dir / RESULT_FILE).is_file():
+        out(f"the search in {config.experiment_dir} already finished: going on to evaluate")
+    else:
+        search(config, out, os.environ, resume=args.resume)
     out("\n== evaluate")
     evaluation = evaluate(config, out)
     out("\n== register")
@@ -280,6 +283,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = _command(commands, "run", cmd_run, "build, search, evaluate and register in one go")
     run.add_argument("--overwrite", action="store_true", help="replace a dataset built with other settings")
+    run.add_argument("--resume", action="store_true", help="finish an interrupted run (its search, then the rest)")
     _search_flags(run)
     _evaluate_flags(run)
     _register_flags(run)

@@ -18,3 +18,9 @@ class SearchFailed(Exception):
 
 class SearchInterrupted(Exception):
     """The search stopped early on request (Ctrl+C); its state is saved for ``--resume``."""
+
+
+def error_reason(error: BaseException | str) -> str:
+    """The last line of an error or a traceback: Ray wraps a trial's exception in the remote one."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.errors import error_reason
 from pipeline.space import FAMILY_KEY, INDEX_KEY
 from pipeline.table import format_params
+
+ERROR_FILE = "error.txt"  # Tune's file of a trial's tracebacks, one per failed attempt
 
 
 class ProgressLines(Callback):
     """One line per trial start, val report, stop and error, printed by the driver.
 
-    Stateless (Tune pickles its callbacks with the experiment, for ``Tuner.restore``).
+    A failed trial's line gives the reason and where Tune saved the full traceback (Tune's own
+    traceback dump is switched off by the search). Stateless: Tune pickles its callbacks with
+    the experiment, for ``Tuner.restore``.
     """
 
     @staticmethod
@@ -37,7 +43,20 @@ class ProgressLines(Callback):
         self._out(f"  [{trial.trial_id}] stopped at iteration {last}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"  [{trial.trial_id}] failed; restarting from its last checkpoint")
+        self._out(
+            f"  [{trial.trial_id}] failed (attempt {trial.num_failures}): {_reason(trial)}; "
+            "restarting from its last checkpoint"
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._out(f"  [{trial.trial_id}] FAILED (details in the summary below)")
+        self._out(
+            f"  [{trial.trial_id}] FAILED after {trial.num_failures} attempt(s): {_reason(trial)} "
+            f"(tracebacks: {Path(trial.path) / ERROR_FILE})"
+        )
+
+
+def _reason(trial: Any) -> str:
+    """The last line of the trial's latest error, from the error file Tune has just appended to
+    on the driver (the copy in the experiment directory is synced later)."""
+    path = Path(trial.error_file) if trial.error_file else None
+    return error_reason(path.read_text()) if path and path.is_file() else "unknown error"

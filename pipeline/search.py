@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping
 from learners.registry import make_hparams
 from pipeline import datasets, tracking
 from pipeline.config import Config
-from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted
+from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, error_reason
 from pipeline.io import read_json, write_json_atomic
 from pipeline.plots import learning_curve
 from pipeline.ray_runtime import check_trial_resources, connect
@@ -28,6 +29,10 @@ RESULT_FILE = "search_result.json"
 STATE_FILE = "search_state.json"  # the MLflow parent run of the search, for --resume
 METRIC = "val_accuracy"
 CURVES = ("loss", "train_accuracy", "val_accuracy")
+STATE_SAVE_SECONDS = 2
+LOST_TRIAL_NOTE = (
+    "the search was killed before Tune saved this trial; the resumed search ran another in its place"
+)
 
 Out = Callable[[str], None]
 
@@ -43,7 +48,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     # Everything is validated: from here on the stage writes.
     client = tracking.make_client(config.tracking.uri)
     if state is None:
-        _set_aside_previous(config.experiment_dir, out)
+        _set_aside_previous(config.experiment_dir, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
         write_json_atomic(config.experiment_dir / STATE_FILE, state)
     else:
@@ -56,12 +61,14 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     status = "FAILED"
     try:
         grid = _fit(config, experiment_id, parent_run_id, resume)
-        if _interrupted(config.experiment_dir, config.search.trials):
+        attempts = _failed_attempts(config.experiment_dir)
+        if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
             raise SearchInterrupted(
-                f"the search was interrupted; finish it with `learn2tune search --resume` (experiment {config.name!r})"
+                f"the search was interrupted; finish it with `learn2tune search --resume` "
+                f"(or `learn2tune run --resume`; experiment {config.name!r})"
             )
-        trials = _finish_trials(grid, client, experiment_id, parent_run_id, config)
+        trials = _finish_trials(grid, client, experiment_id, parent_run_id, config, attempts)
         result = _search_result(config, store.fingerprint, experiment_id, parent_run_id, trials)
         write_json_atomic(config.experiment_dir / RESULT_FILE, result)
         _log_on_parent(client, parent_run_id, result)
@@ -70,7 +77,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
             raise SearchFailed(f"all {len(result['trials'])} trials failed; see the errors above")
         status = "FINISHED"
         return result
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl+C; SIGTERM, which Ray turns into SystemExit
         status = "KILLED"
         raise
     finally:
@@ -107,10 +114,18 @@ def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str
     return {"experiment_id": experiment_id, "parent_run_id": parent_run_id}
 
 
-def _set_aside_previous(experiment_dir: Path, out: Out) -> None:
-    """Move an earlier search of the same name aside (``<name>-<time>``): nothing is deleted."""
+def _set_aside_previous(experiment_dir: Path, client, out: Out) -> None:
+    """Move an earlier search of the same name aside (``<name>-<time>``): nothing is deleted.
+
+    If that search was killed before it could end its MLflow runs (SIGKILL, a lost node) and is
+    now abandoned rather than resumed, its runs still RUNNING are ended KILLED first.
+    """
     if not experiment_dir.exists():
         return
+    state_file = experiment_dir / STATE_FILE
+    if state_file.is_file() and not (experiment_dir / RESULT_FILE).exists():
+        state = read_json(state_file, "")
+        _close_open_runs(client, state["experiment_id"], state["parent_run_id"], "KILLED")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(experiment_dir.stat().st_mtime))
     target = experiment_dir.with_name(f"{experiment_dir.name}-{stamp}")
     copies = 0
@@ -131,6 +146,11 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
     from pipeline.trainable import TrialContext, train_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ProgressLines prints each trial error as one line with the path of its traceback.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # Tune saves its experiment state (trial statuses, Optuna's study) at most this often; the
+    # default (10 s or more) lets a SIGKILL lose trials that finished since the last save.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SAVE_SECONDS))
     search = config.search
     context = TrialContext(config=config, experiment_id=experiment_id, parent_run_id=parent_run_id)
     trainable = tune.with_resources(
@@ -162,9 +182,10 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
             name=config.name,
             storage_path=str(Path(config.workdir) / "tune"),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="max"
-            ),
+            # Every checkpoint is kept until the search ends: Tune saves its experiment state
+            # only every few seconds, so after a SIGKILL it may name a checkpoint that a
+            # num_to_keep policy had already deleted, and that trial could not be restored.
+            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
             callbacks=[ProgressLines()],
             verbose=0,
         ),
@@ -172,22 +193,27 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
     return tuner.fit()
 
 
-def _interrupted(experiment_dir: Path, trials: int) -> bool:
-    """Whether Tune stopped on Ctrl+C: its saved state (what ``--resume`` restores) has unfinished trials.
+def _failed_attempts(experiment_dir: Path) -> dict[str, int | None]:
+    """Trial id -> failed attempts, from Tune's saved state; ``None`` for a trial not finished.
 
-    The ResultGrid cannot tell: Tune marks the trials it stops on a signal TERMINATED there.
+    Only the saved state (what ``--resume`` restores) tells an interrupted search from a
+    finished one: the ResultGrid marks the trials Tune stops on Ctrl+C TERMINATED.
     """
     from ray.tune import ExperimentAnalysis
 
-    saved = ExperimentAnalysis(str(experiment_dir)).trials
-    return len(saved) < trials or any(t.status not in ("TERMINATED", "ERROR") for t in saved)
+    return {
+        t.trial_id: t.num_failures if t.status in ("TERMINATED", "ERROR") else None
+        for t in ExperimentAnalysis(str(experiment_dir)).trials
+    }
 
 
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _finish_trials(grid, client, experiment_id: str, parent_run_id: str, config: Config) -> list[dict[str, Any]]:
+def _finish_trials(
+    grid, client, experiment_id: str, parent_run_id: str, config: Config, attempts: Mapping[str, int | None]
+) -> list[dict[str, Any]]:
     """One record per trial; each child run gets its artifacts and a final status."""
     runs = tracking.child_runs(client, experiment_id, parent_run_id)
     trials = []
@@ -195,10 +221,14 @@ def _finish_trials(grid, client, experiment_id: str, parent_run_id: str, config:
         trial_id = Path(result.path).name.removeprefix("trial_")
         run = runs.get(trial_id)
         record = _trial_record(result, trial_id, run.info.run_id if run else None, config)
+        record["failed_attempts"] = attempts.get(trial_id) or 0
+        _prune_checkpoints(Path(result.path), keep={record["checkpoint"], record["final_checkpoint"]})
         if run is not None:
             _log_trial_artifacts(client, record, result, chance=1 / config.episodes.train.ways)
             client.set_terminated(run.info.run_id, "FAILED" if record["error"] else "FINISHED")
         trials.append(record)
+    for trial_id in runs.keys() - {t["trial_id"] for t in trials}:
+        client.set_tag(runs[trial_id].info.run_id, "learn2tune.note", LOST_TRIAL_NOTE)
     trials.sort(key=lambda t: (t["val_accuracy"] is None, -(t["val_accuracy"] or 0.0)))
     return trials
 
@@ -219,8 +249,16 @@ def _trial_record(result, trial_id: str, run_id: str | None, config: Config) -> 
         "iterations": (result.metrics or {}).get("iteration", 0),
         "checkpoint": best[0].path if best else None,
         "final_checkpoint": result.checkpoint.path if result.checkpoint else None,
-        "error": _reason(result.error) if result.error else None,
+        "error": error_reason(result.error) if result.error else None,
     }
+
+
+def _prune_checkpoints(trial_dir: Path, keep: set[str | None]) -> None:
+    """Delete a finished trial's checkpoints except its best and its last."""
+    kept = {Path(path).resolve() for path in keep if path}
+    for checkpoint in trial_dir.glob("checkpoint_*"):
+        if checkpoint.resolve() not in kept:
+            shutil.rmtree(checkpoint)
 
 
 def _log_trial_artifacts(client, record: dict[str, Any], result, chance: float) -> None:
@@ -263,8 +301,11 @@ def _search_result(
 
 def _log_on_parent(client, parent_run_id: str, result: dict[str, Any]) -> None:
     ranked = [t for t in result["trials"] if t["val_accuracy"] is not None]
-    failed = sum(1 for t in result["trials"] if t["error"])
-    tracking.log_metrics(client, parent_run_id, {"trials": len(result["trials"]), "failed_trials": failed})
+    failed = [t for t in result["trials"] if t["error"]]
+    tracking.log_metrics(client, parent_run_id, {"trials": len(result["trials"]), "failed_trials": len(failed)})
+    if failed:
+        reasons = "\n".join(_failure_line(t) for t in failed)
+        client.set_tag(parent_run_id, "failed_trials", reasons[: tracking.MAX_TAG_LENGTH])
     for rank, trial in enumerate(ranked[:3], start=1):
         tracking.log_metrics(client, parent_run_id, {f"best{rank}_val_accuracy": trial["val_accuracy"]})
         client.set_tag(parent_run_id, f"best{rank}", f"{trial['family']} trial {trial['trial_id']} run {trial['run_id']}")
@@ -288,15 +329,14 @@ def _print_summary(result: dict[str, Any], out: Out) -> None:
     out("\n" + format_table(headers, rows))
     errors = [t for t in result["trials"] if t["error"]]
     if errors:
-        out(f"\n{len(errors)} trial(s) failed:")
+        out(f"\n{len(errors)} of {len(result['trials'])} trial(s) failed:")
         for trial in errors:
-            out(f"  {trial['trial_id']} ({trial['family']}): {trial['error']}")
+            out(f"  {_failure_line(trial)}")
 
 
-def _reason(error: BaseException) -> str:
-    """The last line of an error (Ray wraps trial errors with the remote traceback)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+def _failure_line(trial: Mapping[str, Any]) -> str:
+    attempts = trial["failed_attempts"]
+    return f"{trial['trial_id']} ({trial['family']}, {attempts} attempt(s)): {trial['error']}"
 
 
 def _close_open_runs(client, experiment_id: str, parent_run_id: str, status: str) -> None:

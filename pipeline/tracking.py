@@ -20,6 +20,7 @@ RUN_NAME_TAG = "mlflow.runName"
 TRIAL_TAG = "learn2tune.trial_id"
 ROLE_TAG = "learn2tune.role"
 MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 
 
 def make_client(uri: str) -> MlflowClient:

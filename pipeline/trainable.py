@@ -32,6 +32,9 @@ from tasks.sampler import EpisodeSampler, fixed_episodes
 from tasks.store import DatasetStore
 
 
+RESTORED_TAG = "learn2tune.restored_from_iteration"  # set when a trial resumes from a checkpoint
+
+
 @dataclass(frozen=True)
 class TrialContext:
     """What the driver hands every trial, besides the trial's own sampled config."""
@@ -53,8 +56,6 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
     torch.set_num_threads(max(1, int(config.search.resources.cpu)))
     device = pick_device(config.device)
 
-    store = DatasetStore.open(config.dataset_dir)
-    learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device)
     client = tracking.make_client(config.tracking.uri)
     run_id, new_run = tracking.trial_run(
         client, context.experiment_id, context.parent_run_id, trial_id, f"{family}-{index:03d}"
@@ -62,7 +63,11 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
     if new_run:
         params = {"family": family, "seed": seed, **dataclasses.asdict(hparams)}
         tracking.log_params(client, run_id, params)
-    try:
+    try:  # a failure from here on, even building the learner (out of memory), ends the run FAILED
+        store = DatasetStore.open(config.dataset_dir)
+        learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device)
+        if start:
+            client.set_tag(run_id, RESTORED_TAG, str(start))
         _train(learner, start, store, config, seed, client, run_id, family)
     except Exception:
         client.set_terminated(run_id, "FAILED")
