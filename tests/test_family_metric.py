@@ -27,8 +27,8 @@ FAMILIES = ("siamese", "matching", "relation")
 SPEC = EpisodeSpec(ways=5, shots=1, query=5)
 META_BATCH = 2
 WIDTH = 32
-# Meta-iterations per family, and a wall-clock cap per family so a loaded machine cannot
-# stretch the file past its budget. Matching trains with full-context embeddings: without them
+# Meta-iterations per family: a fixed count, not a time budget, so the result is the same on a
+# loaded machine (only slower). Matching trains with full-context embeddings: without them
 # an untrained network already scores ~54% here (cosine attention over random conv features)
 # and plain matching gains only ~10 points within this budget (0.54 -> 0.63 at 150 steps), so
 # the +15 bar below is checked on the FCE model; plain matching's attention is checked exactly
@@ -37,7 +37,6 @@ WIDTH = 32
 # already clears both bars.
 STEPS = {"siamese": 100, "matching": 100, "relation": 75}
 HPARAMS = {"siamese": {"embedding": 64}, "matching": {"fce": True}, "relation": {}}
-TIME_CAP_S = 15.0
 TEST_EPISODES = 60
 # 5-way episodes: chance is 20%. A family must reach 40% (twice chance) on held-out test
 # classes AND beat the very same network untrained (same seed, same episodes) by 15 points,
@@ -85,8 +84,6 @@ def trained(glyphs, test_episodes):
             for step in range(1, STEPS[family] + 1):
                 metrics = learner.meta_train_step(sampler.sample().to("cpu"))
                 assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
-                if time.monotonic() - start > TIME_CAP_S:
-                    break
             seconds = time.monotonic() - start
             cache[family] = (learner, untrained, _accuracy(learner, test_episodes), step, seconds)
         return cache[family]
