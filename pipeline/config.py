@@ -120,6 +120,7 @@ class TrackingConfig:
 class RegistryConfig:
     model_name: str | None = setting(None, Optional(NAME))
     top_k: int = setting(1, Integer(1))
+    best_per_family: bool = setting(False, Boolean())  # also evaluate each family's best trial
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The evaluate stage: the best checkpoints of a search, scored on fixed-seed TEST-split episodes.
 
-Reads ``search_result.json`` (the top ``registry.top_k`` trials by validation accuracy) and
-the dataset; every model sees the same episodes per (ways, shots) setting, so comparisons
-are paired. Writes ``evaluation.json`` beside the search result and logs ``test_acc_<W>w<S>s``
-and ``test_ci95_<W>w<S>s`` on each evaluated trial's run and (for the winner) on the parent.
+Reads ``search_result.json`` (the top ``registry.top_k`` trials by validation accuracy, and
+with ``registry.best_per_family`` each family's best trial as well) and the dataset; every
+model sees the same episodes per (ways, shots) setting, so comparisons are paired. Writes
+``evaluation.json`` beside the search result and logs ``test_acc_<W>w<S>s`` and
+``test_ci95_<W>w<S>s`` on each evaluated trial's run and (for the winner) on the parent.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
         )
     datasets.check_test_episodes(store, config)
     finished = [t for t in search["trials"] if t["checkpoint"] and t["run_id"] and not t["error"]]
-    candidates = finished[: config.registry.top_k]
+    candidates = select_trials(finished, config.registry.top_k, config.registry.best_per_family)
     if not candidates:
         raise PipelineError(f"no trial of experiment {config.name!r} finished with a checkpoint to evaluate")
     client = tracking.make_client(config.tracking.uri)
@@ -68,7 +69,7 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
     test = config.episodes.test
     primary = setting_key(*test.settings()[0])
     out(
-        f"evaluate {config.name}: top {len(candidates)} trial(s) by val accuracy, {test.episodes} test episodes "
+        f"evaluate {config.name}: {len(candidates)} trial(s) by val accuracy, {test.episodes} test episodes "
         f"per setting ({', '.join(setting_key(w, s) for w, s in test.settings())})"
     )
     device = pick_device(config.device)
@@ -98,6 +99,19 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
     write_json_atomic(config.experiment_dir / EVALUATION_FILE, evaluation)
     _print_summary(evaluation, out)
     return evaluation
+
+
+def select_trials(trials: list[dict[str, Any]], top_k: int, per_family: bool) -> list[dict[str, Any]]:
+    """The first ``top_k`` of ``trials`` (best first) and, with ``per_family``, the best trial of
+    every family that has none among them (by validation accuracy only: never the test split)."""
+    chosen = trials[:top_k]
+    if per_family:
+        families = {t["family"] for t in chosen}
+        for trial in trials[top_k:]:
+            if trial["family"] not in families:
+                families.add(trial["family"])
+                chosen.append(trial)
+    return chosen
 
 
 def tasks_per_batch(spec: EpisodeSpec) -> int:
