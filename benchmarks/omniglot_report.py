@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -114,7 +115,8 @@ def _header(doc: Mapping[str, Any]) -> list[str]:
         f"Status: {doc['status']}.",
         f"Budget: **{doc['budget']}**: {doc['budget_note']}",
         f"Command: `{doc['command']}`",
-        f"Commit: `{doc['commit']}`; hardware: {describe_hardware(doc['hardware'])}; device `{doc['device']}`.",
+        f"Commit: `{doc['commit']}`{_kept_note(doc)}; hardware: {describe_hardware(doc['hardware'])}; "
+        f"device `{doc['device']}`.",
         f"Started {doc['started']}; wall time {duration(doc['wall_seconds'])} (dataset builds "
         f"{duration(data['build_seconds'])}).",
         f"Dataset: {data['description']}; split seed {data['seed']}; fingerprints "
@@ -129,6 +131,14 @@ def _header(doc: Mapping[str, Any]) -> list[str]:
     ]
     lines.append(f"Tuned: {doc['tuned']['description']}" if doc["tuned"] else f"Tuned: {DASH} (no `--tuned` given).")
     return lines
+
+
+def _kept_note(doc: Mapping[str, Any]) -> str:
+    """" (N cells kept from commit X, ...)" for cells an earlier run made (``--resume``); else empty."""
+    earlier = Counter(cell["commit"] for cell in doc["cells"] if cell.get("commit", doc["commit"]) != doc["commit"])
+    if not earlier:
+        return ""
+    return " (" + ", ".join(f"{n} cell(s) kept from commit `{commit}`" for commit, n in earlier.items()) + ")"
 
 
 def _row(cell: Mapping[str, Any], doc: Mapping[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@
     learn2tune bench omniglot --budget full --device cuda     # the papers' iteration counts (GPU)
     learn2tune bench omniglot --families maml,protonet --settings 5w1s,20w1s
     learn2tune bench omniglot --tuned runs/tune/omniglot-search   # fill the "tuned" column
+    learn2tune bench omniglot --resume                        # keep the cells the last run finished
 
 The Omniglot dataset is built once per image size from the upstream zips (``--data``): the random
 character split of the MAML/ProtoNet papers (1200 training characters, 172 of them held out for
@@ -14,7 +15,10 @@ classes. Each (family, setting) cell then trains the configuration of
 95% CI, the same episodes for every family) and logged as a nested MLflow run (parameters,
 training curves, learning-curve plot, checkpoint, test metrics, throughput) under one parent run.
 After every cell the Markdown table (``--out``) and a JSON of all results beside it are rewritten
-atomically, so an interrupted run leaves a table of what it finished.
+atomically, so an interrupted run leaves a table of what it finished; ``--resume`` keeps every cell
+of that JSON which finished and which this run would repeat exactly (same configuration, dataset and
+test episodes), so a run continues where the last one stopped, and a new ``--tuned`` column or an
+edited family file costs only the cells it changes.
 
 Budgets: ``full`` follows the papers' iteration counts (a GPU's work); ``cpu`` is the cut each
 family file states (fewer iterations, and where needed smaller meta-batches, 32 filters instead of
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     client = tracking.make_client(uri)
     experiment_id = tracking.ensure_experiment(client, EXPERIMENT, uri)
     doc = _document(args, argv, device, plans, dataset, jobs[0].episodes, tuned, started)
+    finished = _finished_cells(args.out, doc) if args.resume else {}
     parent = tracking.start_run(
         client,
         experiment_id,
@@ -142,14 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for number, job in enumerate(jobs, start=1):
             say(f"[{number}/{len(jobs)}] {job.cell.family} {job.cell.setting}: {job.cell.cut()}")
-            record = run_cell(job, device, args.seed, trained, client, experiment_id, parent, say)
+            kept = finished.get((job.cell.family, job.cell.setting))
+            if kept is not None and _same(kept, cell_record(job, doc["commit"])):
+                say(f"  kept from the previous run (commit {kept['commit']}, MLflow run {kept['run_id']})")
+                record = kept
+            else:
+                record = run_cell(job, device, args.seed, trained, client, experiment_id, parent, say, doc["commit"])
             uses[job.recipe] -= 1
             if not uses[job.recipe]:
                 trained.pop(job.recipe, None)  # no later cell shares this model
             doc["cells"].append(record)
             doc["status"], doc["wall_seconds"] = f"running: {number} of {len(jobs)} cells done", time.time() - started
             _write(doc, args.out)
-            if record["error"] is None:
+            if record["error"] is None and record is not kept:
                 key = f"{record['family']}_{record['setting']}"
                 tracking.log_metrics(
                     client, parent, {f"test_accuracy_{key}": record["accuracy"], f"test_ci95_{key}": record["ci95"]}
@@ -212,6 +222,63 @@ def _document(
     }
 
 
+# What makes two cells the same experiment: a finished cell equal in all of these is kept by --resume.
+CELL_IDENTITY = (
+    "family", "setting", "budget", "iterations", "meta_batch", "hparams", "image_size", "train", "test", "episodes"
+)  # fmt: skip
+
+
+def cell_record(job: Job, commit: str) -> dict[str, Any]:
+    """The record of ``job`` before it runs: what it trains and tests, and at which commit."""
+    cell = job.cell
+    return {
+        "family": cell.family,
+        "setting": cell.setting,
+        "budget": cell.budget,
+        "paper": cell.paper,
+        "cut": cell.cut(),
+        "iterations": cell.iterations,
+        "full_iterations": cell.full_iterations,
+        "meta_batch": cell.meta_batch,
+        "hparams": dataclasses.asdict(make_hparams(cell.family, cell.hparams)),
+        "image_size": cell.image_size,
+        "train": dataclasses.asdict(job.train),
+        "test": dataclasses.asdict(job.test),
+        "episodes": job.episodes,
+        "commit": commit,
+        "shared_with": None,
+        "error": None,
+    }
+
+
+def _finished_cells(out: Path, doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(family, setting) -> the finished cells of the previous run's JSON beside ``out``, if that run
+    used the same datasets, test episodes and seed as ``doc``; empty when there is none."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    previous = read_json(path, "the previous table's data")
+    now = _as_stored({"fingerprints": doc["dataset"]["fingerprints"], "test": doc["test"]})
+    if previous.get("dataset", {}).get("fingerprints") != now["fingerprints"] or previous.get("test") != now["test"]:
+        return {}
+    return {
+        (cell["family"], cell["setting"]): {"commit": previous["commit"], **cell}
+        for cell in previous.get("cells", [])
+        if cell.get("error") is None
+    }
+
+
+def _same(kept: dict[str, Any], planned: dict[str, Any]) -> bool:
+    """Whether a kept cell ran exactly what ``planned`` would."""
+    planned = _as_stored({key: planned[key] for key in CELL_IDENTITY})
+    return all(kept.get(key) == value for key, value in planned.items())
+
+
+def _as_stored(data: Any) -> Any:
+    """``data`` as it reads back from the JSON file (string keys, lists for tuples)."""
+    return json.loads(json.dumps(data))
+
+
 def run_cell(
     job: Job,
     device: torch.device,
@@ -221,27 +288,11 @@ def run_cell(
     experiment_id: str,
     parent: str,
     say: Say,
+    commit: str,
 ) -> dict[str, Any]:
     """Train (or reuse the model of an equal recipe), test, log one cell; its record for the table."""
     cell = job.cell
-    hparams = dataclasses.asdict(make_hparams(cell.family, cell.hparams))
-    record: dict[str, Any] = {
-        "family": cell.family,
-        "setting": cell.setting,
-        "budget": cell.budget,
-        "paper": cell.paper,
-        "cut": cell.cut(),
-        "iterations": cell.iterations,
-        "full_iterations": cell.full_iterations,
-        "meta_batch": cell.meta_batch,
-        "hparams": hparams,
-        "image_size": cell.image_size,
-        "train": dataclasses.asdict(job.train),
-        "test": dataclasses.asdict(job.test),
-        "episodes": job.episodes,
-        "shared_with": None,
-        "error": None,
-    }
+    record = cell_record(job, commit)
     tags = {tracking.ROLE_TAG: "bench-cell", "learn2tune.family": cell.family, "learn2tune.setting": cell.setting}
     run_id = tracking.start_run(client, experiment_id, f"{cell.family}-{cell.setting}", tags, parent)
     record["run_id"] = run_id
@@ -591,6 +642,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="the per-family configuration files")
     parser.add_argument("--seed", type=int, default=0, help="class split, initial weights, training and test episodes")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished cells of the JSON beside --out that this run would repeat exactly",
+    )
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -251,3 +252,32 @@ def test_the_search_config_tunes_every_family_and_evaluates_each_familys_best(tm
     assert set(config.search.families) == set(family_names())
     assert config.registry.best_per_family and config.data.split == "random" and config.data.rotations
     assert (config.episodes.test.ways, config.episodes.test.shots) == ((5, 20), (1, 5))
+
+
+def test_resume_keeps_the_finished_cells_and_reruns_only_what_changed(smoke, tmp_path, capsys):
+    """A second run with --resume keeps every finished cell of the same configuration and reruns
+    the cells whose family file changed (here MANN's controller)."""
+    _, _, first, _ = smoke
+    argv = shlex.split(first["command"])[3:]
+    out = Path(argv[argv.index("--out") + 1])
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    mann = configs / "mann.yaml"
+    assert "controller_size: 200" in mann.read_text()
+    mann.write_text(mann.read_text().replace("controller_size: 200", "controller_size: 100"))
+    argv += ["--resume", "--configs", str(configs)]
+    capsys.readouterr()
+
+    assert omniglot_table.main(argv) == 0
+    printed = capsys.readouterr().out
+    second = json.loads(out.with_suffix(".json").read_text())
+    before = {(c["family"], c["setting"]): c for c in first["cells"]}
+    after = {(c["family"], c["setting"]): c for c in second["cells"]}
+    assert after.keys() == before.keys()
+    for key, cell in after.items():
+        if key[0] == "mann":  # changed: trained and tested again, in a new MLflow run
+            assert cell["run_id"] != before[key]["run_id"] and cell["hparams"]["controller_size"] == 100
+        else:  # kept as they were
+            assert cell == {**before[key], "commit": first["commit"]}
+    assert printed.count("kept from the previous run") == 4
+    assert printed.count("\n  training ") == 2  # MANN's 5-way and 20-way models, nothing else
