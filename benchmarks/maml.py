@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from learners.base import synchronize
 from learners.maml import MAML
 from learners.meta_gradient import PATHS
 from learners.registry import make_hparams
@@ -105,11 +106,6 @@ def random_batch(device: torch.device, seed: int = 0, tasks: int = TASKS) -> Epi
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU and its thread count."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

@@ -50,9 +50,8 @@ import numpy as np
 import torch
 
 from benchmarks import omniglot_report as report
-from benchmarks.maml import synchronize
 from benchmarks.omniglot_config import SETTINGS, Cell, FamilyPlan, load_families, resolve, setting_spec
-from learners.base import Learner
+from learners.base import Learner, synchronize
 from learners.checkpoint import build_learner, save_learner
 from learners.registry import family_names, make_hparams
 from pipeline import tracking

@@ -19,15 +19,13 @@ choice would keep a CPU run from repeating to the last digit.
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs
+from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.meta_gradient import PATHS, MetaGradient, MetaStep
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -116,29 +114,10 @@ class MAML(Learner):
         """The fastest candidate on ``batch``: each warmed up once (compiling, if it compiles), then
         timed interleaved; the lowest time wins (on a shared machine, load only ever adds time).
         Nothing is applied to the weights."""
-        errors: dict[str, Exception] = {}
-        for path in self.auto_candidates():
-            try:
-                self.compute(path, batch)
-            except Exception as exc:  # a path this machine cannot run, e.g. torch.compile without a compiler
-                errors[path] = exc
-                warnings.warn(f"{self.family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
-        candidates = [path for path in self.auto_candidates() if path not in errors]
-        if not candidates:
-            raise next(iter(errors.values()))
-        runs: dict[str, list[float]] = {path: [] for path in candidates}
-        for _ in range(AUTO_TIMED_RUNS):
-            for path in candidates:
-                runs[path].append(self._timed(path, batch))
-        self.path_timings_ms = {path: min(times) * 1e3 for path, times in runs.items()}
+        self.path_timings_ms = path_timings_ms(
+            self.family, self.auto_candidates(), lambda path: self.compute(path, batch), self.device, AUTO_TIMED_RUNS, min
+        )
         return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
-
-    def _timed(self, path: str, batch: EpisodeBatch) -> float:
-        _synchronize(self.device)
-        start = time.perf_counter()
-        self.compute(path, batch)
-        _synchronize(self.device)
-        return time.perf_counter() - start
 
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """Adapt on each task's support set (``test_inner_steps`` steps), then score its queries.
@@ -175,11 +154,6 @@ def validate_hparams(hparams: MAMLHyperparams) -> None:
         raise ValueError(
             f"inner_steps and test_inner_steps must be at least 1, got {hparams.inner_steps} and {hparams.test_inner_steps}"
         )
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 FAMILIES = {"maml": MAML, "fomaml": FOMAML}

@@ -42,8 +42,6 @@ Choices made:
 from __future__ import annotations
 
 import statistics
-import time
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,7 +51,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs
+from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.gradient_encoding import preprocess_gradients
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -192,27 +190,13 @@ class MetaLSTM(Learner):
         """On a GPU the faster support-gradient layout on this batch (one warm-up each, then timed;
         median); elsewhere the first of :data:`CPU_AUTO` that runs."""
         flat = self.initial().detach().expand(batch.tasks, -1)
+
+        def run(path: str) -> object:
+            return self.support_gradients(path, flat, batch.support_x, batch.support_y)
+
         if self.device.type != "cuda":
-            return first_path_that_runs(
-                self.family, CPU_AUTO, lambda path: self.support_gradients(path, flat, batch.support_x, batch.support_y)
-            )
-        runs: dict[str, list[float]] = {}
-        for path in PATHS:
-            try:
-                self.support_gradients(path, flat, batch.support_x, batch.support_y)
-                runs[path] = []
-            except Exception as exc:  # a layout this machine cannot run
-                warnings.warn(f"{self.family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
-        if not runs:
-            raise RuntimeError(f"{self.family}: no support-gradient path runs here")
-        for _ in range(AUTO_TIMED_RUNS):
-            for path in runs:
-                _synchronize(self.device)
-                start = time.perf_counter()
-                self.support_gradients(path, flat, batch.support_x, batch.support_y)
-                _synchronize(self.device)
-                runs[path].append(time.perf_counter() - start)
-        self.path_timings_ms = {path: statistics.median(times) * 1e3 for path, times in runs.items()}
+            return first_path_that_runs(self.family, CPU_AUTO, run)
+        self.path_timings_ms = path_timings_ms(self.family, PATHS, run, self.device, AUTO_TIMED_RUNS, statistics.median)
         return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
 
     def predict_path(self) -> str:
@@ -235,11 +219,6 @@ def _validate(hparams: MetaLSTMHyperparams) -> None:
         raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
     if hparams.inner_steps < 1 or hparams.hidden < 1:
         raise ValueError(f"inner_steps and hidden must be at least 1, got {hparams.inner_steps} and {hparams.hidden}")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 FAMILIES = {"meta_lstm": MetaLSTM}

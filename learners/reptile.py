@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,7 +44,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs
+from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -171,23 +169,9 @@ class Reptile(Learner):
         median); elsewhere the first of :data:`CPU_AUTO` that runs."""
         if self.device.type != "cuda":
             return first_path_that_runs(self.family, CPU_AUTO, lambda path: self.adapted(path, batch, order))
-        runs: dict[str, list[float]] = {}
-        for path in PATHS:
-            try:
-                self.adapted(path, batch, order)
-                runs[path] = []
-            except Exception as exc:  # a path this machine cannot run
-                warnings.warn(f"{self.family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
-        if not runs:
-            raise RuntimeError(f"{self.family}: no adaptation path runs here")
-        for _ in range(AUTO_TIMED_RUNS):
-            for path in runs:
-                _synchronize(self.device)
-                start = time.perf_counter()
-                self.adapted(path, batch, order)
-                _synchronize(self.device)
-                runs[path].append(time.perf_counter() - start)
-        self.path_timings_ms = {path: statistics.median(times) * 1e3 for path, times in runs.items()}
+        self.path_timings_ms = path_timings_ms(
+            self.family, PATHS, lambda path: self.adapted(path, batch, order), self.device, AUTO_TIMED_RUNS, statistics.median
+        )
         return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
 
     # --- meta-testing --------------------------------------------------------------------------
@@ -229,11 +213,6 @@ def _validate(hparams: ReptileHyperparams) -> None:
             raise ValueError(f"{name} must be at least 1, got {getattr(hparams, name)}")
     if not hparams.outer_lr > 0:
         raise ValueError(f"outer_lr must be positive, got {hparams.outer_lr}")
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 FAMILIES = {"reptile": Reptile}
