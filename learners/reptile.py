@@ -81,7 +81,7 @@ class Reptile(Learner):
     search_space = {
         "inner_optimizer": Choice(INNER_OPTIMIZERS),
         "inner_lr": Float(1e-4, 1e-1, log=True),
-        "inner_steps": Int(1, 10),
+        "inner_steps": Int(1, 16),  # the paper runs 5-12
         "inner_batch": Choice((5, 10, 20)),
         "outer_lr": Float(0.1, 1.0, log=True),
         "width": Choice((32, 64, 128)),

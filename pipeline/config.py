@@ -101,6 +101,8 @@ class SearchConfig:
     checkpoint_every: int = setting(50, Integer(1))
     max_concurrent: int | None = setting(None, Optional(Integer(1)))
     fixed: dict = setting({}, Table())
+    # per family, searched knobs' values for its first trial (e.g. the paper's): {maml: {inner_lr: 0.4}}
+    points_to_evaluate: dict = setting({}, Table())
     resources: Resources = section(Resources)
     max_failures: int = setting(1, Integer(0))
 
@@ -283,6 +285,28 @@ def _validate_families(search: SearchConfig) -> None:
             make_hparams(family, values)
         except (HyperparamError, UnknownFamilyError) as exc:
             raise ConfigError(f"search.fixed.{family}: {exc}") from None
+    _validate_points(search, tuple(names))
+
+
+def _validate_points(search: SearchConfig, families: tuple[str, ...]) -> None:
+    """Each point names a searched family and values its search space can draw."""
+    from pipeline.space import contains, searched_space
+
+    for family, values in search.points_to_evaluate.items():
+        field = f"search.points_to_evaluate.{family}"
+        if family not in families:
+            raise ConfigError(f"{field}: {family!r} is not searched; search.families is {', '.join(families)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{field} must be a mapping of searched hyperparameters, got {values!r}")
+        space = searched_space(family, search.fixed)
+        for param, value in values.items():
+            if param not in space:
+                raise ConfigError(
+                    f"{field}.{param}: not a searched hyperparameter of {family} (fixed ones are left out); "
+                    f"choose from: {', '.join(space)}"
+                )
+            if not contains(space[param], value):
+                raise ConfigError(f"{field}.{param}: {value!r} is outside its search space {space[param]}")
 
 
 def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:

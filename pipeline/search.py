@@ -163,7 +163,10 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(
-                space=define_by_run(search.families, search.fixed), metric=METRIC, mode="max", seed=config.seed
+                space=define_by_run(search.families, search.fixed, search.points_to_evaluate),
+                metric=METRIC,
+                mode="max",
+                seed=config.seed,
             ),
             scheduler=ASHAScheduler(
                 time_attr="iteration",

@@ -4,7 +4,9 @@ Each family's ``search_space`` (``learners.space`` Float/Int/Choice) is suggeste
 ``"{family}.{param}"`` names, only when that family is drawn, so the space is conditional.
 Hyperparameters fixed in the config (``search.fixed``) are not searched. The first trials
 cover every family once (the others are queued after the first draw), so a short search
-never leaves a family out by chance. Each trial config
+never leaves a family out by chance; a family with a point to evaluate
+(``search.points_to_evaluate``, e.g. its paper's values) gets that point as its queued trial,
+the knobs the point leaves out drawn by the sampler. Each trial config
 also carries ``trial_index`` (Optuna's trial number), from which the trial derives its seed.
 """
 
@@ -29,25 +31,52 @@ class ConditionalSpace:
 
     families: tuple[str, ...]
     spaces: dict[str, dict[str, Distribution]]
+    points: dict[str, dict[str, Any]]  # family -> values of some of its searched knobs
 
     def __call__(self, trial: Any) -> dict[str, int]:
         family = trial.suggest_categorical(FAMILY_KEY, list(self.families))
         if trial.number == 0:  # every family gets a trial before the sampler has the say
             for other in self.families:
-                if other != family:
+                if other in self.points:
+                    values = {f"{other}.{param}": value for param, value in self.points[other].items()}
+                    trial.study.enqueue_trial({FAMILY_KEY: other, **values})
+                elif other != family:
                     trial.study.enqueue_trial({FAMILY_KEY: other})
         for param, distribution in self.spaces[family].items():
             _suggest(trial, f"{family}.{param}", distribution)
         return {INDEX_KEY: trial.number}  # 0, 1, 2, ... in the order trials are drawn
 
 
-def define_by_run(families: tuple[str, ...], fixed: Mapping[str, Mapping[str, Any]]) -> ConditionalSpace:
-    """The conditional space over ``families``, leaving out hyperparameters fixed in the config."""
-    spaces = {
-        family: {k: d for k, d in get_family(family).search_space.items() if k not in fixed.get(family, {})}
-        for family in families
-    }
-    return ConditionalSpace(tuple(families), spaces)
+def define_by_run(
+    families: tuple[str, ...],
+    fixed: Mapping[str, Mapping[str, Any]],
+    points: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ConditionalSpace:
+    """The conditional space over ``families``, leaving out hyperparameters fixed in the config.
+
+    ``points``: per family, values of searched knobs to evaluate first (checked by the config).
+    """
+    return ConditionalSpace(
+        tuple(families),
+        {family: searched_space(family, fixed) for family in families},
+        {family: dict(values) for family, values in (points or {}).items() if family in families},
+    )
+
+
+def searched_space(family: str, fixed: Mapping[str, Mapping[str, Any]]) -> dict[str, Distribution]:
+    """``family``'s search space less the knobs ``fixed`` sets for it."""
+    return {k: d for k, d in get_family(family).search_space.items() if k not in fixed.get(family, {})}
+
+
+def contains(distribution: Distribution, value: Any) -> bool:
+    """Whether ``value`` is one ``distribution`` can draw."""
+    if isinstance(distribution, Choice):
+        return value in distribution.options
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(distribution, Int) and not float(value).is_integer():
+        return False
+    return distribution.low <= value <= distribution.high
 
 
 def trial_hparams(trial_config: Mapping[str, Any], fixed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

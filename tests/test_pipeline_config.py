@@ -84,6 +84,27 @@ def test_fixed_hyperparameters_are_checked_against_the_family(tmp_path):
     assert "search.fixed.nope: unknown learner family" in error(tmp_path, None, "search.fixed.nope.x=1")
 
 
+@pytest.mark.parametrize(
+    "search, expected",
+    [
+        ("families: [protonet]\n  points_to_evaluate: {maml: {inner_lr: 0.4}}",
+         "search.points_to_evaluate.maml: 'maml' is not searched; search.families is protonet"),
+        ("families: [maml]\n  points_to_evaluate: {maml: {inner_lr: 0.4, test_inner_steps: 3}}",
+         "search.points_to_evaluate.maml.test_inner_steps: not a searched hyperparameter of maml"),
+        ("families: [maml]\n  fixed: {maml: {inner_lr: 0.4}}\n  points_to_evaluate: {maml: {inner_lr: 0.4}}",
+         "search.points_to_evaluate.maml.inner_lr: not a searched hyperparameter of maml (fixed ones"),
+        ("families: [maml]\n  points_to_evaluate: {maml: {inner_lr: 40.0}}",
+         "search.points_to_evaluate.maml.inner_lr: 40.0 is outside its search space Float("),
+        ("families: [maml]\n  points_to_evaluate: {maml: {width: 48}}",
+         "search.points_to_evaluate.maml.width: 48 is outside its search space Choice("),
+        ("families: [maml]\n  points_to_evaluate: {maml: 0.4}",
+         "search.points_to_evaluate.maml must be a mapping of searched hyperparameters, got 0.4"),
+    ],
+)
+def test_points_to_evaluate_name_searched_knobs_inside_their_space(tmp_path, search, expected):
+    assert error(tmp_path, f"search:\n  {search}\n").startswith(f"config error: {expected}")
+
+
 def test_file_problems_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file .* does not exist"):
         load_config(tmp_path / "nope.yaml", cwd=tmp_path, environ={})

@@ -33,6 +33,25 @@ def test_space_is_conditional_on_the_family_and_leaves_fixed_knobs_out():
     assert set(seen[:2]) == {"maml", "fomaml"}  # each family once before the sampler decides
 
 
+def test_points_to_evaluate_are_the_first_trials_of_their_families():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    paper = {"inner_lr": 0.4, "width": 32}
+    space = define_by_run(("maml", "protonet"), {}, {"maml": paper})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = []
+    for _ in range(4):
+        trial = study.ask()
+        space(trial)
+        drawn.append(dict(trial.params))
+        study.tell(trial, 0.5)
+    point = drawn[1]  # queued by the first trial: maml's point (families in order), then the rest
+    assert point[FAMILY_KEY] == "maml" and point["maml.inner_lr"] == 0.4 and point["maml.width"] == 32
+    assert set(point) == {FAMILY_KEY} | {f"maml.{k}" for k in get_family("maml").search_space}
+    assert drawn[0].get("maml.inner_lr") != 0.4  # the first trial is the sampler's own draw
+    assert sum(p.get("maml.inner_lr") == 0.4 for p in drawn) == 1
+    assert {p[FAMILY_KEY] for p in drawn[:3]} == {"maml", "protonet"}
+
+
 def test_a_gpu_request_on_a_cpu_only_cluster_is_refused(pipeline_ray):
     check_trial_resources(Resources(cpu=1, gpu=0))
     with pytest.raises(PipelineError, match=r"search.resources.gpu asks for 0.5 GPU\(s\) per trial but the largest"):
