@@ -22,7 +22,6 @@ rotating order (the CPU may be shared); medians are reported.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -38,6 +37,7 @@ from benchmarks.maml import (
 )
 from learners.checkpoint import build_learner
 from learners.registry import family_names
+from pipeline.cli import Parser
 
 SPLIT_FAMILIES = ("maml", "fomaml", "metasgd")  # path fixed to "split": no torch.compile
 RATIO_FAMILIES = (*SPLIT_FAMILIES, "reptile")
@@ -51,7 +51,7 @@ def make(family: str, device: torch.device, **hparams: object):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.families", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.families", description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per measurement (default 3)")
     parser.add_argument("--tasks", type=int, default=8, help="tasks per meta-batch (default 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -22,7 +22,6 @@ saw every input channel (x the number of groups; ``vmap`` turns per-task weights
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -37,6 +36,7 @@ from learners.base import synchronize
 from learners.maml import MAML
 from learners.meta_gradient import PATHS
 from learners.registry import make_hparams
+from pipeline.cli import Parser
 from tasks.episodes import EpisodeBatch
 
 WAYS, SHOTS, QUERY, TASKS, IMAGE = 5, 1, 15, 32, (1, 28, 28)
@@ -184,7 +184,7 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.maml", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.maml", description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=5, help="timed meta-iterations per method (default 5)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--paths", default=None, help=f"comma-separated paths to time (default: all of {', '.join(PATHS)})")

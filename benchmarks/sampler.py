@@ -13,7 +13,6 @@ into a temporary folder and says so.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.cli import Parser
 from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 from tasks.sampler import EpisodeSampler
@@ -113,7 +113,7 @@ def _write_fallback_pngs(root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sampler", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.sampler", description=__doc__.split("\n\n")[0])
     parser.add_argument("--omniglot", type=Path, default=DEFAULT_OMNIGLOT, help="directory with the Omniglot zips")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window per loader and setting")
     args = parser.parse_args(argv)

@@ -14,7 +14,6 @@ server adds. Ten warm-up requests each are not timed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from deploy.client import encode_image, request_body
 from deploy.local_server import free_port, local_server
 from learners.checkpoint import build_learner, save_learner
 from learners.registry import family_names
+from pipeline.cli import Parser
 from pipeline.register import save_pyfunc_model
 from pipeline.serve import with_scripts_on_path
 from tasks.build import BuildSpec, build_dataset
@@ -73,7 +73,7 @@ def summary(name: str, seconds: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per path (default 200)")
     parser.add_argument("--family", choices=family_names(), default="protonet", help="learner family (default protonet)")
     args = parser.parse_args(argv)

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "families": "benchmarks.families",
     "serving": "benchmarks.serving",
     "omniglot": "benchmarks.omniglot_table",
+    "omniglot-search": "benchmarks.omniglot_search",
 }
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -164,7 +165,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if exc.name not in ("benchmarks", BENCHMARKS[name]):
                 raise
             raise PipelineError(f"benchmark {name!r} is not available (no module {BENCHMARKS[name]})") from None
-        status = status or (module.main(args.bench_args) or 0)
+        try:
+            status = status or (module.main(args.bench_args) or 0)
+        except SystemExit as exc:  # its own --help, or a usage error it reported in one line
+            return int(exc.code or 0)
     return status
 
 
@@ -236,7 +240,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
 # ---------------------------------------------------------------- argument parser
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """Reports a usage error (an unknown flag, a missing value) in one line, like all bad input."""
 
     def error(self, message: str) -> NoReturn:
@@ -244,7 +248,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="learn2tune",
         description="AutoML for few-shot meta-learning: build episodic datasets, search learner "
         "families with Ray Tune, evaluate on meta-test episodes, register the winner in MLflow.",
