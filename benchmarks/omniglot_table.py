@@ -50,11 +50,19 @@ import numpy as np
 import torch
 
 from benchmarks import omniglot_report as report
-from benchmarks.omniglot_config import SETTINGS, Cell, FamilyPlan, load_families, resolve, setting_spec
+from benchmarks.omniglot_config import (
+    SETTINGS,
+    Cell,
+    FamilyPlan,
+    load_families,
+    resolve,
+    setting_spec,
+)
 from learners.base import Learner, synchronize
 from learners.checkpoint import build_learner, save_learner
 from learners.registry import family_names, make_hparams
 from pipeline import tracking
+from pipeline.cli import Parser
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
 from pipeline.evaluate import EVALUATION_FILE, tasks_per_batch
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     tuned = read_tuned(args.tuned) if args.tuned else None
     stores, dataset = _datasets(args, plans, say)
     jobs = _jobs(args, plans, stores)
-    uri = _tracking_uri(args.tracking_uri)
+    uri = tracking_uri(args.tracking_uri)
     client = tracking.make_client(uri)
     experiment_id = tracking.ensure_experiment(client, EXPERIMENT, uri)
     doc = _document(args, argv, device, plans, dataset, jobs[0].episodes, tuned, started)
@@ -210,7 +218,7 @@ def _document(
             "seed": args.seed,
             "query": TEST_QUERY["full" if args.budget == "full" else "cpu"],
         },
-        "families": {f: {"paper": p.paper, "note": p.note, "config": _shown(p.path)} for f, p in plans.items()},
+        "families": {f: {"paper": p.paper, "note": p.note, "config": shown(p.path)} for f, p in plans.items()},
         "notes": [
             "paper – : the paper publishes no figure for that setting; the cell is run all the same.",
             "'model of X' in the train column: the cell reuses the model trained for setting X (same recipe).",
@@ -476,9 +484,7 @@ def _datasets(
             spec = BuildSpec(
                 source="omniglot", path=str(args.data), split="random", rotations=True, image_size=size, seed=args.seed
             )
-        directory = (
-            args.workdir / "datasets" / f"omniglot-table-{'smoke' if smoke else 'omniglot'}-{size}-seed{args.seed}"
-        )
+        directory = dataset_dir(args.workdir, args.budget, size, args.seed)
         say(f"dataset {size}x{size}: {directory}")
         manifest = build_dataset(spec, directory, overwrite=True, progress=lambda line: say(f"  {line}"))
         stores[size] = DatasetStore.open(directory)
@@ -492,7 +498,7 @@ def _datasets(
     else:
         characters = {name: n // 4 for name, n in counts.items()}
         description = (
-            f"Omniglot from the upstream zips ({_shown(args.data)}), random character split "
+            f"Omniglot from the upstream zips ({shown(args.data)}), random character split "
             f"{characters['train'] + characters['val']} training characters ({characters['train']} train + "
             f"{characters['val']} held out for validation) / {characters['test']} test, each rotated by 90/180/270° "
             f"into new classes"
@@ -537,7 +543,7 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
                     }
         except (KeyError, TypeError) as exc:
             raise PipelineError(f"{file} is not an evaluation.json of `learn2tune evaluate` (no {exc})") from None
-        sources.append(_shown(file))
+        sources.append(shown(file))
         protocols.add(f"{test['episodes']} episodes, {test['query']} queries per class, seed {test['seed']}")
     description = (
         f"each family's best trial by validation accuracy (validation split only) in {', '.join(sources)}, scored "
@@ -557,6 +563,13 @@ def _foreign_tuned(tuned: dict[str, Any] | None, dataset: dict[str, Any]) -> lis
     ]
 
 
+def dataset_dir(workdir: Path, budget: str, image_size: int, seed: int) -> Path:
+    """Where the table (and ``bench omniglot-search``) builds its dataset of one image size."""
+    return (
+        workdir / "datasets" / f"omniglot-table-{'smoke' if budget == 'smoke' else 'omniglot'}-{image_size}-seed{seed}"
+    )
+
+
 def _write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """The Markdown table and the JSON of ``doc``, each written atomically."""
     table, data = out, out.with_suffix(".json")
@@ -565,7 +578,7 @@ def _write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return table, data
 
 
-def _tracking_uri(given: str | None) -> str:
+def tracking_uri(given: str | None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; SQLite paths made absolute."""
     uri = given or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
@@ -573,7 +586,7 @@ def _tracking_uri(given: str | None) -> str:
     return uri
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """``path`` relative to the repository when inside it (stable across checkouts)."""
     path = Path(path).resolve()
     for base, prefix in ((REPO, ""), (REPO.parent, "../")):
@@ -582,7 +595,9 @@ def _shown(path: Path) -> str:
     return str(path)
 
 
-def _list(allowed: list[str] | tuple[str, ...], what: str, extra: tuple[str, ...] = ()) -> Callable[[str], list[str]]:
+def comma_list(
+    allowed: list[str] | tuple[str, ...], what: str, extra: tuple[str, ...] = ()
+) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
         bad = [item for item in items if item not in (*allowed, *extra)]
@@ -596,7 +611,7 @@ def _list(allowed: list[str] | tuple[str, ...], what: str, extra: tuple[str, ...
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="learn2tune bench omniglot",
         description="Train and test every learner family on Omniglot (5/20-way, 1/5-shot) and write the table "
         "of ours vs the papers (configs/omniglot/<family>.yaml).",
@@ -606,13 +621,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--families",
-        type=_list(family_names(), "family", ("all",)),
+        type=comma_list(family_names(), "family", ("all",)),
         default=["all"],
         help="comma-separated families, or all (default)",
     )
     parser.add_argument(
         "--settings",
-        type=_list(SETTINGS, "setting"),
+        type=comma_list(SETTINGS, "setting"),
         default=list(SETTINGS),
         help=f"comma-separated settings (default {','.join(SETTINGS)})",
     )

@@ -101,7 +101,7 @@ def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str
     parent_run_id = tracking.start_run(
         client,
         experiment_id,
-        f"search-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",  # experiments may hold several searches
         {
             tracking.ROLE_TAG: "search",
             "learn2tune.experiment_dir": str(config.experiment_dir),

@@ -1,0 +1,314 @@
+"""Tune every family on Omniglot at its table cell's budget: ``learn2tune bench omniglot-search``.
+
+    learn2tune bench omniglot-search --budget cpu          # 11 small searches on 2 CPU cores
+    learn2tune bench omniglot-search --budget full --device cuda --trials 32
+    learn2tune bench omniglot --budget cpu --resume --tuned runs/tune/omniglot-search-protonet ...
+
+The "tuned" column of the Omniglot table asks whether the search beats the papers' hand-tuned
+configurations. For a fair answer each family gets its own search (``configs/omniglot-search.yaml``
+with ``search.families: [family]``) that trains exactly as the family's table cell does (the same
+setting's training episodes, meta-batch, meta-iterations, image size and every hyperparameter the
+search does not tune, from ``configs/omniglot/<family>.yaml``) and tunes only the family's learning
+rates and architecture (its ``search_space``). The first trial after the sampler's opening draw is
+the cell's own configuration (``search.points_to_evaluate``), so the search starts from the paper.
+ASHA stops weak trials at a quarter of the iterations; trials are ranked on the validation split
+(172 characters held out of the 1200 training ones) and only the best trial of each family is
+scored on the test split, on the table's test protocol for that setting (600 fixed-seed episodes).
+The searches share the table's dataset directories, so both score the same test characters.
+
+Each family is a real ``learn2tune`` search and evaluate stage: its Tune experiment is
+``<workdir>/tune/omniglot-search-<family>`` and its runs are in the MLflow experiment
+``omniglot-search``. A summary (``<workdir>/tune/omniglot-search.json``) is rewritten after every
+family; ``--resume`` keeps the families it finished with the same plan and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks import omniglot_report as report
+from benchmarks.omniglot_config import (
+    SETTINGS,
+    Cell,
+    load_families,
+    resolve,
+    setting_spec,
+)
+from benchmarks.omniglot_table import (
+    DEFAULT_CONFIGS,
+    DEFAULT_DATA,
+    SMOKE_DATA,
+    SMOKE_EPISODES,
+    SMOKE_ITERATIONS,
+    SMOKE_META_BATCH,
+    TEST_EPISODES,
+    TEST_QUERY,
+    ZIPS,
+    comma_list,
+    dataset_dir,
+    tracking_uri,
+)
+from learners.registry import family_names, make_hparams
+from pipeline.cli import Parser
+from pipeline.config import Config, load_config
+from pipeline.errors import PipelineError
+from pipeline.io import read_json, write_json_atomic
+from pipeline.space import searched_space
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH_CONFIG = REPO / "configs" / "omniglot-search.yaml"
+EXPERIMENT = "omniglot-search"
+SUMMARY_FILE = "omniglot-search.json"
+DEFAULT_TRIALS = {"full": 32, "cpu": 8, "smoke": 2}
+VAL_EPISODES = {"full": 200, "cpu": 100, "smoke": 4}
+ASHA_RUNGS = 4  # reports per trial; ASHA's grace period is the first
+
+Say = Callable[[str], None]
+
+
+def main(argv: list[str] | None = None, say: Say | None = None) -> int:
+    """Search every family; ``say`` receives the progress lines (default: print them)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    say = say or functools.partial(print, flush=True)
+    if args.budget != "smoke" and not all(
+        (args.data / name).exists() or (args.data / f"{name}.zip").is_file() for name in ZIPS
+    ):
+        raise PipelineError(
+            f"no Omniglot in {args.data}: expected images_background.zip and images_evaluation.zip (or their "
+            "extracted folders); pass --data DIR (or --budget smoke, which needs no Omniglot)"
+        )
+    families = family_names() if args.families == ["all"] else args.families
+    plans = load_families(args.configs, families)
+    configs = {family: family_config(resolve_cell(plans[family], args), args) for family in families}
+    summary_path = args.workdir.resolve() / "tune" / SUMMARY_FILE
+    previous = _previous(summary_path) if args.resume else {}
+    summary: dict[str, Any] = {"budget": args.budget, "setting": args.setting, "families": {}}
+    started = time.time()
+    say(
+        f"omniglot search, {args.budget} budget: {len(families)} families x {args.trials or DEFAULT_TRIALS[args.budget]} "
+        f"trials at {args.setting}; summary {summary_path}"
+    )
+    for number, (family, config) in enumerate(configs.items(), start=1):
+        plan = _plan(config)
+        kept = previous.get(family)
+        say(f"\n[{number}/{len(configs)}] {family}: {config.search.trials} trials of {config.search.max_iterations} it")
+        if kept is not None and kept["plan"] == plan and kept.get("evaluation"):
+            say(f"  kept from the previous run: {kept['evaluation']}")
+            record = kept
+        else:
+            record = tune_family(config, plan, resume=args.resume, say=say)
+        summary["families"][family] = record
+        summary["wall_seconds"] = time.time() - started
+        write_json_atomic(summary_path, summary)
+    tuned = " ".join(f"--tuned {shown_dir(r['experiment_dir'])}" for r in summary["families"].values())
+    say(f"\nwrote {summary_path} (wall time {report.duration(summary['wall_seconds'])})")
+    say(_summary_table(summary))
+    say(f"\nfill the table's tuned column with:\n  learn2tune bench omniglot --budget {args.budget} --resume {tuned}")
+    return 0
+
+
+def resolve_cell(plan: Any, args: argparse.Namespace) -> Cell:
+    """The table cell a family's search trains like (the smoke budget shrinks the cpu one)."""
+    cell = resolve(plan, args.setting, "cpu" if args.budget == "smoke" else args.budget)
+    if args.budget == "smoke":
+        cell = dataclasses.replace(
+            cell, budget="smoke", iterations=2 * SMOKE_ITERATIONS, meta_batch=min(cell.meta_batch, SMOKE_META_BATCH)
+        )
+    return cell
+
+
+def family_config(cell: Cell, args: argparse.Namespace) -> Config:
+    """``configs/omniglot-search.yaml`` narrowed to one family trained as its table cell."""
+    family = cell.family
+    ways, shots = setting_spec(cell.setting)
+    space = searched_space(family, {})
+    base = load_config(SEARCH_CONFIG, cwd=REPO, environ=os.environ).search.fixed.get(family, {})
+    fixed = {**base, **{k: v for k, v in cell.hparams.items() if k not in space}}
+    paper_point = {k: v for k, v in dataclasses.asdict(make_hparams(family, cell.hparams)).items() if k in space}
+    rung = max(1, cell.iterations // ASHA_RUNGS)
+    budget = "cpu" if args.budget == "smoke" else args.budget
+    if args.budget == "smoke":
+        data: dict[str, Any] = {"source": "synthetic", **SMOKE_DATA}
+    else:
+        data = {"source": "omniglot", "path": str(args.data.resolve()), "split": "random", "rotations": True}
+    overrides: dict[str, Any] = {
+        "name": f"{EXPERIMENT}-{family}",
+        "seed": args.seed,
+        "workdir": str(args.workdir.resolve()),
+        "device": args.device,
+        "data": {
+            **data,
+            "image_size": cell.image_size,
+            "seed": args.seed,
+            "dir": str(dataset_dir(args.workdir.resolve(), args.budget, cell.image_size, args.seed)),
+        },
+        "episodes.train": dataclasses.asdict(cell.train),
+        "episodes.meta_batch": cell.meta_batch,
+        "episodes.val.episodes": VAL_EPISODES[args.budget],
+        "episodes.test": {
+            "ways": [ways],
+            "shots": [shots],
+            "query": TEST_QUERY[budget][ways],
+            "episodes": SMOKE_EPISODES if args.budget == "smoke" else TEST_EPISODES,
+        },
+        "search.families": [family],
+        "search.trials": args.trials or DEFAULT_TRIALS[args.budget],
+        "search.max_iterations": cell.iterations,
+        "search.grace_iterations": rung,
+        "search.eval_every": rung,
+        "search.checkpoint_every": rung,
+        "search.fixed": {family: fixed} if fixed else {},
+        "search.points_to_evaluate": {family: paper_point},
+        "tracking.uri": tracking_uri(args.tracking_uri),
+        "tracking.experiment": EXPERIMENT,
+        "registry.top_k": 1,
+        "registry.best_per_family": True,
+    }
+    if args.address:
+        overrides["ray.address"] = args.address
+    if args.device != "cuda":
+        overrides["search.resources"] = {"cpu": 1, "gpu": 0}
+    return load_config(SEARCH_CONFIG, overrides.items(), cwd=Path.cwd(), environ=os.environ)
+
+
+def tune_family(config: Config, plan: dict[str, Any], resume: bool, say: Say) -> dict[str, Any]:
+    """Build (or find) the dataset, search, and evaluate the best trial; returns the summary record."""
+    from pipeline import datasets
+    from pipeline.evaluate import EVALUATION_FILE, evaluate
+    from pipeline.ray_runtime import connect
+    from pipeline.search import RESULT_FILE, STATE_FILE, search
+
+    started = time.time()
+    datasets.build(config, lambda line: say(f"  {line}"))
+    connect(config.ray.address, os.environ)
+    experiment = config.experiment_dir
+    plan_file = experiment.with_name(f"{experiment.name}.plan.json")  # beside it: a new search moves it aside
+    same_plan = resume and plan_file.is_file() and read_json(plan_file, "") == plan
+    if same_plan and (experiment / RESULT_FILE).is_file():
+        say(f"  the search in {experiment} already finished: going on to evaluate")
+    else:
+        write_json_atomic(plan_file, plan)
+        search(config, say, os.environ, resume=same_plan and (experiment / STATE_FILE).is_file())
+    evaluation = evaluate(config, say)
+    result = read_json(experiment / RESULT_FILE, "the search stage writes it")
+    best = next(m for m in evaluation["models"] if m["trial_id"] == evaluation["winner"])
+    point = config.search.points_to_evaluate[config.search.families[0]]
+    paper_trial = next((t for t in result["trials"] if all(t["params"].get(k) == v for k, v in point.items())), None)
+    primary = evaluation["primary"]
+    return {
+        "plan": plan,
+        "experiment_dir": str(experiment),
+        "evaluation": str(experiment / EVALUATION_FILE),
+        "trials": len(result["trials"]),
+        "failed": sum(1 for t in result["trials"] if t["error"]),
+        "best": {
+            "trial_id": best["trial_id"],
+            "val_accuracy": best["val_accuracy"],
+            "params": best["params"],
+            "test": best["results"][primary],
+        },
+        "paper_point": None
+        if paper_trial is None
+        else {
+            "trial_id": paper_trial["trial_id"],
+            "val_accuracy": paper_trial["val_accuracy"],
+            "iterations": paper_trial.get("iterations"),
+        },
+        "wall_seconds": time.time() - started,
+    }
+
+
+def shown_dir(path: str) -> str:
+    """``path`` relative to the working directory when inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def _plan(config: Config) -> dict[str, Any]:
+    """What decides a family's search (JSON-comparable); a finished one with the same plan is kept."""
+    raw = config.as_dict()
+    return json.loads(json.dumps({k: raw[k] for k in ("seed", "data", "episodes", "search", "device")}, default=str))
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    return read_json(path, "").get("families", {}) if path.is_file() else {}
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    rows = [
+        "",
+        "| family | trials | paper point val | best val | best test ± 95% CI | wall |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for family, record in summary["families"].items():
+        point, best = record["paper_point"], record["best"]
+        rows.append(
+            f"| {family} | {record['trials']} ({record['failed']} failed) | "
+            f"{report.percent(point['val_accuracy']) if point else '–'} | {report.percent(best['val_accuracy'])} | "
+            f"{report.percent(best['test']['accuracy'], best['test']['ci95'])} | {report.duration(record['wall_seconds'])} |"
+        )
+    return "\n".join(rows)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="learn2tune bench omniglot-search",
+        description="Search each family's learning rates and architecture at its Omniglot table cell's budget "
+        "(validation split only), then score each family's best trial on the test split: the table's tuned column.",
+    )
+    parser.add_argument(
+        "--budget", choices=("full", "cpu", "smoke"), default="cpu", help="the cells' budget (default cpu)"
+    )
+    parser.add_argument(
+        "--families",
+        type=comma_list(family_names(), "family", ("all",)),
+        default=["all"],
+        help="comma-separated families, or all (default)",
+    )
+    parser.add_argument(
+        "--setting", choices=SETTINGS, default="5w1s", help="the setting searched and tested (default 5w1s)"
+    )
+    parser.add_argument(
+        "--trials",
+        type=_positive,
+        help=f"trials per family (default {', '.join(f'{b} {n}' for b, n in DEFAULT_TRIALS.items())})",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if any)")
+    parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="directory with the Omniglot zips (default ../shared/data/omniglot)",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("runs"), help="datasets and Tune experiments (default runs)"
+    )
+    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="the per-family configuration files")
+    parser.add_argument("--seed", type=int, default=0, help="class split, sampler, initial weights and episodes")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep families finished with the same plan; resume an interrupted one"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
