@@ -118,7 +118,7 @@ def _header(doc: Mapping[str, Any]) -> list[str]:
         f"Commit: `{doc['commit']}`{_kept_note(doc)}; hardware: {describe_hardware(doc['hardware'])}; "
         f"device `{doc['device']}`.",
         f"Started {doc['started']}; wall time {duration(doc['wall_seconds'])} (dataset builds "
-        f"{duration(data['build_seconds'])}).",
+        f"{duration(data['build_seconds'])}){_cells_time(doc)}.",
         f"Dataset: {data['description']}; split seed {data['seed']}; fingerprints "
         + ", ".join(f"{size}x{size} `{fp[:12]}`" for size, fp in data["fingerprints"].items())
         + ".",
@@ -131,6 +131,15 @@ def _header(doc: Mapping[str, Any]) -> list[str]:
     ]
     lines.append(f"Tuned: {doc['tuned']['description']}" if doc["tuned"] else f"Tuned: {DASH} (no `--tuned` given).")
     return lines
+
+
+def _cells_time(doc: Mapping[str, Any]) -> str:
+    """"; the N cells trained and tested in T" (each model counted once), when some were kept from earlier runs."""
+    if not doc.get("kept_cells"):
+        return ""  # the wall time covers every cell
+    cells = [cell for cell in doc["cells"] if not cell.get("error")]
+    seconds = sum(cell["eval_seconds"] + (0 if cell["shared_with"] else cell["train_seconds"]) for cell in cells)
+    return f"; all {len(cells)} cells, kept ones included, trained and tested in {duration(seconds)}"
 
 
 def _kept_note(doc: Mapping[str, Any]) -> str:

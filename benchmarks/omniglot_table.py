@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if kept is not None and _same(kept, cell_record(job, doc["commit"])):
                 say(f"  kept from the previous run (commit {kept['commit']}, MLflow run {kept['run_id']})")
                 record = kept
+                doc["kept_cells"] += 1
             else:
                 record = run_cell(job, device, args.seed, trained, client, experiment_id, parent, say, doc["commit"])
             uses[job.recipe] -= 1
@@ -226,6 +227,7 @@ def _document(
         ],
         "tuned": tuned,
         "cells": [],
+        "kept_cells": 0,  # finished cells taken from the previous run (--resume)
     }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks import omniglot_report as report
 from benchmarks import omniglot_table
 from benchmarks.omniglot_config import SETTINGS, load_families, load_family, resolve
 from learners.registry import family_names
@@ -280,4 +281,8 @@ def test_resume_keeps_the_finished_cells_and_reruns_only_what_changed(smoke, tmp
         else:  # kept as they were
             assert cell == {**before[key], "commit": first["commit"]}
     assert printed.count("kept from the previous run") == 4
+    seconds = sum(c["eval_seconds"] + (0 if c["shared_with"] else c["train_seconds"]) for c in second["cells"])
+    header = out.read_text()
+    assert f"; all 6 cells, kept ones included, trained and tested in {report.duration(seconds)}." in header
+    assert "kept ones included" not in smoke[1]
     assert printed.count("\n  training ") == 2  # MANN's 5-way and 20-way models, nothing else
