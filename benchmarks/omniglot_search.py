@@ -35,31 +35,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchmarks import omniglot_report as report
-from benchmarks.omniglot_config import (
-    SETTINGS,
-    Cell,
-    load_families,
-    resolve,
-    setting_spec,
-)
+from benchmarks.omniglot_config import SETTINGS, Cell, load_families, resolve, setting_spec
 from benchmarks.omniglot_table import (
-    DEFAULT_CONFIGS,
-    DEFAULT_DATA,
     SMOKE_DATA,
     SMOKE_EPISODES,
     SMOKE_ITERATIONS,
     SMOKE_META_BATCH,
     TEST_EPISODES,
     TEST_QUERY,
-    ZIPS,
-    comma_list,
+    check_omniglot,
     dataset_dir,
+    shared_arguments,
     tracking_uri,
 )
 from learners.registry import family_names, make_hparams
 from pipeline.cli import Parser
 from pipeline.config import Config, load_config
-from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_json_atomic
 from pipeline.space import searched_space
 
@@ -79,13 +70,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     say = say or functools.partial(print, flush=True)
-    if args.budget != "smoke" and not all(
-        (args.data / name).exists() or (args.data / f"{name}.zip").is_file() for name in ZIPS
-    ):
-        raise PipelineError(
-            f"no Omniglot in {args.data}: expected images_background.zip and images_evaluation.zip (or their "
-            "extracted folders); pass --data DIR (or --budget smoke, which needs no Omniglot)"
-        )
+    check_omniglot(args)
     families = family_names() if args.families == ["all"] else args.families
     plans = load_families(args.configs, families)
     configs = {family: family_config(resolve_cell(plans[family], args), args) for family in families}
@@ -175,9 +160,16 @@ def family_config(cell: Cell, args: argparse.Namespace) -> Config:
     }
     if args.address:
         overrides["ray.address"] = args.address
-    if args.device != "cuda":
+    if not _on_gpus(args.device):  # else the search config's GPU share per trial
         overrides["search.resources"] = {"cpu": 1, "gpu": 0}
     return load_config(SEARCH_CONFIG, overrides.items(), cwd=Path.cwd(), environ=os.environ)
+
+
+def _on_gpus(device: str) -> bool:
+    """Trials get GPUs for ``--device cuda`` (a cluster's GPUs may be on other nodes) or ``auto`` with one here."""
+    import torch
+
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def tune_family(config: Config, plan: dict[str, Any], resume: bool, say: Say) -> dict[str, Any]:
@@ -273,15 +265,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Search each family's learning rates and architecture at its Omniglot table cell's budget "
         "(validation split only), then score each family's best trial on the test split: the table's tuned column.",
     )
-    parser.add_argument(
-        "--budget", choices=("full", "cpu", "smoke"), default="cpu", help="the cells' budget (default cpu)"
-    )
-    parser.add_argument(
-        "--families",
-        type=comma_list(family_names(), "family", ("all",)),
-        default=["all"],
-        help="comma-separated families, or all (default)",
-    )
+    shared_arguments(parser, "the cells' budget (default cpu)", "datasets and Tune experiments (default runs)")
     parser.add_argument(
         "--setting", choices=SETTINGS, default="5w1s", help="the setting searched and tested (default 5w1s)"
     )
@@ -290,20 +274,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         help=f"trials per family (default {', '.join(f'{b} {n}' for b, n in DEFAULT_TRIALS.items())})",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if any)")
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="directory with the Omniglot zips (default ../shared/data/omniglot)",
-    )
-    parser.add_argument("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    parser.add_argument(
-        "--workdir", type=Path, default=Path("runs"), help="datasets and Tune experiments (default runs)"
-    )
-    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="the per-family configuration files")
-    parser.add_argument("--seed", type=int, default=0, help="class split, sampler, initial weights and episodes")
     parser.add_argument(
         "--resume", action="store_true", help="keep families finished with the same plan; resume an interrupted one"
     )

@@ -467,16 +467,23 @@ def _jobs(args: argparse.Namespace, plans: dict[str, FamilyPlan], stores: dict[i
     return jobs
 
 
+def check_omniglot(args: argparse.Namespace) -> None:
+    """A PipelineError unless ``--data`` holds the Omniglot zips (the smoke budget needs none)."""
+    if args.budget != "smoke" and not all(
+        (args.data / name).exists() or (args.data / f"{name}.zip").is_file() for name in ZIPS
+    ):
+        raise PipelineError(
+            f"no Omniglot in {args.data}: expected images_background.zip and images_evaluation.zip (or their "
+            "extracted folders); pass --data DIR (or --budget smoke, which needs no Omniglot)"
+        )
+
+
 def _datasets(
     args: argparse.Namespace, plans: dict[str, FamilyPlan], say: Say
 ) -> tuple[dict[int, DatasetStore], dict[str, Any]]:
     """The dataset of every image size the families use, built (or found) once each."""
     smoke = args.budget == "smoke"
-    if not smoke and not all((args.data / name).exists() or (args.data / f"{name}.zip").is_file() for name in ZIPS):
-        raise PipelineError(
-            f"no Omniglot in {args.data}: expected images_background.zip and images_evaluation.zip (or their "
-            "extracted folders); pass --data DIR (or --budget smoke, which needs no Omniglot)"
-        )
+    check_omniglot(args)
     stores, fingerprints, manifest = {}, {}, {}
     start = time.perf_counter()
     for size in sorted({plan.image_size for plan in plans.values()}):
@@ -612,34 +619,16 @@ def comma_list(
     return parse
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="learn2tune bench omniglot",
-        description="Train and test every learner family on Omniglot (5/20-way, 1/5-shot) and write the table "
-        "of ours vs the papers (configs/omniglot/<family>.yaml).",
-    )
-    parser.add_argument(
-        "--budget", choices=("full", "cpu", "smoke"), default="cpu", help="iteration budget (default cpu)"
-    )
+def shared_arguments(parser: argparse.ArgumentParser, budget_help: str, workdir_help: str) -> None:
+    """The options ``bench omniglot`` and ``bench omniglot-search`` share."""
+    parser.add_argument("--budget", choices=("full", "cpu", "smoke"), default="cpu", help=budget_help)
     parser.add_argument(
         "--families",
         type=comma_list(family_names(), "family", ("all",)),
         default=["all"],
         help="comma-separated families, or all (default)",
     )
-    parser.add_argument(
-        "--settings",
-        type=comma_list(SETTINGS, "setting"),
-        default=list(SETTINGS),
-        help=f"comma-separated settings (default {','.join(SETTINGS)})",
-    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto (CUDA if any)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("docs/omniglot-table.md"),
-        help="the Markdown table; the JSON goes beside it (default docs/omniglot-table.md)",
-    )
     parser.add_argument(
         "--data",
         type=Path,
@@ -647,17 +636,36 @@ def _parser() -> argparse.ArgumentParser:
         help="directory with the Omniglot zips (default ../shared/data/omniglot)",
     )
     parser.add_argument("--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs"), help=workdir_help)
+    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="the per-family configuration files")
+    parser.add_argument("--seed", type=int, default=0, help="class split, initial weights, training and test episodes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="learn2tune bench omniglot",
+        description="Train and test every learner family on Omniglot (5/20-way, 1/5-shot) and write the table "
+        "of ours vs the papers (configs/omniglot/<family>.yaml).",
+    )
+    shared_arguments(parser, "iteration budget (default cpu)", "where the datasets are built (default runs)")
+    parser.add_argument(
+        "--settings",
+        type=comma_list(SETTINGS, "setting"),
+        default=list(SETTINGS),
+        help=f"comma-separated settings (default {','.join(SETTINGS)})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/omniglot-table.md"),
+        help="the Markdown table; the JSON goes beside it (default docs/omniglot-table.md)",
+    )
     parser.add_argument(
         "--tuned",
         type=Path,
         action="append",
         help="experiment directory or evaluation.json of configs/omniglot-search.yaml (repeatable)",
     )
-    parser.add_argument(
-        "--workdir", type=Path, default=Path("runs"), help="where the datasets are built (default runs)"
-    )
-    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS, help="the per-family configuration files")
-    parser.add_argument("--seed", type=int, default=0, help="class split, initial weights, training and test episodes")
     parser.add_argument(
         "--resume",
         action="store_true",
