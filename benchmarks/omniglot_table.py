@@ -535,7 +535,7 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
     ``learn2tune evaluate``/``run`` on ``configs/omniglot-search.yaml``.
     """
     families: dict[str, dict[str, Any]] = {}
-    sources, protocols = [], set()
+    sources, protocols, scored = [], set(), set()
     for path in paths:
         file = path / EVALUATION_FILE if path.is_dir() else path
         evaluation = read_json(file, "run `learn2tune run configs/omniglot-search.yaml` (or evaluate) first")
@@ -553,11 +553,13 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
         except (KeyError, TypeError) as exc:
             raise PipelineError(f"{file} is not an evaluation.json of `learn2tune evaluate` (no {exc})") from None
         sources.append(shown(file))
+        scored.update(key for model in evaluation["models"] for key in model["results"])
         protocols.add(f"{test['episodes']} episodes, {test['query']} queries per class, seed {test['seed']}")
     description = (
         f"each family's best trial by validation accuracy (validation split only) in {', '.join(sources)}, scored "
-        f"by the evaluate stage on the test split ({'; '.join(sorted(protocols))}). The search trains on its "
-        "episodes.train shape, so fixed-head families have no 20-way rows."
+        f"by the evaluate stage on the test split ({'; '.join(sorted(protocols))}; settings "
+        f"{', '.join(s for s in SETTINGS if s in scored)}). The search trains on its episodes.train shape, so "
+        "fixed-head families have no rows of other ways."
     )
     return {"description": description, "families": families}
 
