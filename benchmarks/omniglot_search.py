@@ -29,10 +29,13 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from benchmarks import omniglot_report as report
 from benchmarks.omniglot_config import SETTINGS, Cell, load_families, resolve, setting_spec
@@ -51,8 +54,9 @@ from benchmarks.omniglot_table import (
 from learners.registry import family_names, make_hparams
 from pipeline.cli import Parser
 from pipeline.config import Config, load_config
-from pipeline.io import read_json, write_json_atomic
+from pipeline.io import read_json, write_json_atomic, write_text_atomic
 from pipeline.space import searched_space
+from pipeline.table import format_params
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH_CONFIG = REPO / "configs" / "omniglot-search.yaml"
@@ -76,7 +80,14 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     configs = {family: family_config(resolve_cell(plans[family], args), args) for family in families}
     summary_path = args.workdir.resolve() / "tune" / SUMMARY_FILE
     previous = _previous(summary_path) if args.resume else {}
-    summary: dict[str, Any] = {"budget": args.budget, "setting": args.setting, "families": {}}
+    summary: dict[str, Any] = {
+        "budget": args.budget,
+        "setting": args.setting,
+        "command": shlex.join(["learn2tune", "bench", "omniglot-search", *argv]),
+        "commit": report.commit(REPO),
+        "hardware": report.hardware(torch.device("cuda" if _on_gpus(args.device) else "cpu")),
+        "families": {},
+    }
     started = time.time()
     say(
         f"omniglot search, {args.budget} budget: {len(families)} families x {args.trials or DEFAULT_TRIALS[args.budget]} "
@@ -94,9 +105,10 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
         summary["families"][family] = record
         summary["wall_seconds"] = time.time() - started
         write_json_atomic(summary_path, summary)
+        write_text_atomic(args.out, render(summary, configs))
     tuned = " ".join(f"--tuned {shown_dir(r['experiment_dir'])}" for r in summary["families"].values())
-    say(f"\nwrote {summary_path} (wall time {report.duration(summary['wall_seconds'])})")
-    say(_summary_table(summary))
+    say(f"\nwrote {args.out} and {summary_path} (wall time {report.duration(summary['wall_seconds'])})")
+    say("\n".join(_rows(summary)))
     say(f"\nfill the table's tuned column with:\n  learn2tune bench omniglot --budget {args.budget} --resume {tuned}")
     return 0
 
@@ -216,6 +228,7 @@ def tune_family(config: Config, plan: dict[str, Any], resume: bool, say: Say) ->
             "iterations": paper_trial.get("iterations"),
         },
         "wall_seconds": time.time() - started,
+        "commit": report.commit(REPO),
     }
 
 
@@ -237,20 +250,57 @@ def _previous(path: Path) -> dict[str, Any]:
     return read_json(path, "").get("families", {}) if path.is_file() else {}
 
 
-def _summary_table(summary: dict[str, Any]) -> str:
-    rows = [
+def render(summary: dict[str, Any], configs: dict[str, Config]) -> str:
+    """The Markdown report of the searches: each family's paper point and best trial."""
+    records = summary["families"]
+    kept = sum(1 for r in records.values() if r.get("commit") != summary["commit"])
+    total = sum(r["wall_seconds"] for r in records.values())
+    config = next(iter(configs.values()))
+    lines = [
+        f"# Omniglot: each family's search from its paper's configuration ({summary['budget']} budget, "
+        f"{summary['setting']})",
         "",
-        "| family | trials | paper point val | best val | best test ± 95% CI | wall |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"- Command: `{summary['command']}`",
+        f"- Commit: `{summary['commit']}`"
+        + (f" ({kept} famil{'y' if kept == 1 else 'ies'} kept from an earlier run)" if kept else "")
+        + f"; hardware: {report.describe_hardware(summary['hardware'])}; trials get "
+        f"{config.search.resources.cpu:g} CPU and {config.search.resources.gpu:g} GPU each.",
+        f"- Searches: {report.duration(total)} in all (wall time of this run {report.duration(summary['wall_seconds'])}).",
+        f"- Each family: {config.search.trials} trials (Optuna TPE, ASHA with the grace period at a quarter of the "
+        "iterations) that train as the family's table cell does (its episodes, meta-batch, meta-iterations, image "
+        "size and every hyperparameter outside the family's search space); only the searched learning rates and "
+        "architecture vary. The trial after the sampler's first draw is the paper's configuration as the cell "
+        'trains it ("paper point").',
+        f"- Selection on the validation split only ({config.episodes.val.episodes} fixed episodes); the best trial "
+        f"alone is scored on the test split ({config.episodes.test.episodes} fixed-seed episodes, "
+        f"{config.episodes.test.query} queries per class) from its best checkpoint.",
+        f"- MLflow: experiment `{EXPERIMENT}` in `{config.tracking.uri}`, one parent run per family.",
+        "",
+        *_rows(summary),
+        "",
+        'The test column is the Omniglot table\'s "tuned" column (`docs/omniglot-table.md`).',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rows(summary: dict[str, Any]) -> list[str]:
+    rows = [
+        "| family | trials | paper point: val (%) | best: val (%) | best: test (%) ± 95% CI | best's searched values | "
+        "search wall time |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for family, record in summary["families"].items():
         point, best = record["paper_point"], record["best"]
+        space = searched_space(family, {})
+        searched = {k: v for k, v in best["params"].items() if k in space}
+        winner = "the paper point" if point and point["trial_id"] == best["trial_id"] else format_params(searched)
         rows.append(
-            f"| {family} | {record['trials']} ({record['failed']} failed) | "
+            f"| {family} | {record['trials']}" + (f" ({record['failed']} failed)" if record["failed"] else "") + " | "
             f"{report.percent(point['val_accuracy']) if point else '–'} | {report.percent(best['val_accuracy'])} | "
-            f"{report.percent(best['test']['accuracy'], best['test']['ci95'])} | {report.duration(record['wall_seconds'])} |"
+            f"{report.percent(best['test']['accuracy'], best['test']['ci95'])} | {winner} | "
+            f"{report.duration(record['wall_seconds'])} |"
         )
-    return "\n".join(rows)
+    return rows
 
 
 def _positive(text: str) -> int:
@@ -275,6 +325,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"trials per family (default {', '.join(f'{b} {n}' for b, n in DEFAULT_TRIALS.items())})",
     )
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/omniglot-search.md"),
+        help="the Markdown report (default docs/omniglot-search.md); the JSON state is <workdir>/tune/" + SUMMARY_FILE,
+    )
     parser.add_argument(
         "--resume", action="store_true", help="keep families finished with the same plan; resume an interrupted one"
     )

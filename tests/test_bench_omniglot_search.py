@@ -32,6 +32,7 @@ def searched(tmp_path_factory, pipeline_ray):
         "--device", "cpu",
         "--workdir", str(root / "runs"),
         "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--out", str(root / "search.md"),
     ]  # fmt: skip
     lines: list[str] = []
     assert omniglot_search.main(argv, say=lines.append) == 0
@@ -70,6 +71,23 @@ def test_each_family_is_searched_as_its_table_cell_trains_starting_from_the_pape
         best = summary["families"][family]["best"]
         assert best["val_accuracy"] == max(t["val_accuracy"] for t in result["trials"])
         assert 0.0 <= best["test"]["accuracy"] <= 1.0 and list(evaluation["models"][0]["results"]) == ["5w1s"]
+
+
+def test_the_report_gives_each_familys_paper_point_and_best_trial(searched):
+    root, argv, summary, _ = searched
+    text = (root / "search.md").read_text()
+    assert f"- Command: `learn2tune bench omniglot-search {' '.join(argv)}`" in text
+    assert "trials get 1 CPU and 0 GPU each" in text
+    for family, record in summary["families"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {family} | 2 | "))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[2] == f"{100 * record['paper_point']['val_accuracy']:.2f}"
+        assert cells[3] == f"{100 * record['best']['val_accuracy']:.2f}"
+        assert cells[4].startswith(f"{100 * record['best']['test']['accuracy']:.2f} ± ")
+        if record["best"]["trial_id"] == record["paper_point"]["trial_id"]:
+            assert cells[5] == "the paper point"
+        else:  # the searched values only: what is fixed is the cell's
+            assert "lr=" in cells[5] and "test_inner_steps" not in cells[5]
 
 
 def test_every_family_is_one_search_run_with_its_trials_in_mlflow(searched):
