@@ -2,7 +2,7 @@
 
     learn2tune bench omniglot-search --budget cpu          # 11 small searches on 2 CPU cores
     learn2tune bench omniglot-search --budget full --device cuda --trials 32
-    learn2tune bench omniglot --budget cpu --resume --tuned runs/tune/omniglot-search-protonet ...
+    learn2tune bench omniglot --budget cpu --resume --tuned runs/tune/omniglot-search.json
 
 The "tuned" column of the Omniglot table asks whether the search beats the papers' hand-tuned
 configurations. For a fair answer each family gets its own search (``configs/omniglot-search.yaml``
@@ -106,10 +106,12 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
         summary["wall_seconds"] = time.time() - started
         write_json_atomic(summary_path, summary)
         write_text_atomic(args.out, render(summary, configs))
-    tuned = " ".join(f"--tuned {shown_dir(r['experiment_dir'])}" for r in summary["families"].values())
     say(f"\nwrote {args.out} and {summary_path} (wall time {report.duration(summary['wall_seconds'])})")
     say("\n".join(_rows(summary)))
-    say(f"\nfill the table's tuned column with:\n  learn2tune bench omniglot --budget {args.budget} --resume {tuned}")
+    say(
+        "\nfill the table's tuned column with:\n  "
+        f"learn2tune bench omniglot --budget {args.budget} --resume --tuned {shown_dir(str(summary_path))}"
+    )
     return 0
 
 

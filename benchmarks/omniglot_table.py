@@ -532,29 +532,23 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
     """The best evaluated trial of each family (by validation accuracy) in the evaluate stage's results.
 
     ``paths``: experiment directories (holding ``evaluation.json``) or ``evaluation.json`` files of
-    ``learn2tune evaluate``/``run`` on ``configs/omniglot-search.yaml``.
+    ``learn2tune evaluate``/``run`` on ``configs/omniglot-search.yaml``, or the summary of ``learn2tune bench
+    omniglot-search`` (``runs/tune/omniglot-search.json``), which stands for each family's evaluation.
     """
     families: dict[str, dict[str, Any]] = {}
     sources, protocols, scored = [], set(), set()
     for path in paths:
         file = path / EVALUATION_FILE if path.is_dir() else path
-        evaluation = read_json(file, "run `learn2tune run configs/omniglot-search.yaml` (or evaluate) first")
-        try:
-            models, test = evaluation["models"], evaluation["test_episodes"]
-            fingerprint = evaluation["dataset"]["fingerprint"]
-            for model in models:
-                best = families.get(model["family"])
-                if best is None or (model["val_accuracy"] or 0.0) > (best["val_accuracy"] or 0.0):
-                    families[model["family"]] = {
-                        **{k: model[k] for k in ("trial_id", "val_accuracy", "params", "results")},
-                        "source": str(file),
-                        "fingerprint": fingerprint,
-                    }
-        except (KeyError, TypeError) as exc:
-            raise PipelineError(f"{file} is not an evaluation.json of `learn2tune evaluate` (no {exc})") from None
+        data = read_json(
+            file, "run `learn2tune bench omniglot-search` or `learn2tune run configs/omniglot-search.yaml`"
+        )
+        if "models" in data or not isinstance(data.get("families"), dict):
+            files = [file]
+        else:  # a bench omniglot-search summary: each family's evaluation.json
+            files = [Path(record["evaluation"]) for record in data["families"].values() if record.get("evaluation")]
         sources.append(shown(file))
-        scored.update(key for model in evaluation["models"] for key in model["results"])
-        protocols.add(f"{test['episodes']} episodes, {test['query']} queries per class, seed {test['seed']}")
+        for file in files:
+            _read_evaluation(file, families, protocols, scored)
     description = (
         f"each family's best trial by validation accuracy (validation split only) in {', '.join(sources)}, scored "
         f"by the evaluate stage on the test split ({'; '.join(sorted(protocols))}; settings "
@@ -562,6 +556,26 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
         "fixed-head families have no rows of other ways."
     )
     return {"description": description, "families": families}
+
+
+def _read_evaluation(file: Path, families: dict[str, Any], protocols: set[str], scored: set[str]) -> None:
+    """Fold one evaluation.json into ``families`` (best by validation accuracy), ``protocols`` and ``scored``."""
+    evaluation = read_json(file, "run the evaluate stage of the search first")
+    try:
+        models, test = evaluation["models"], evaluation["test_episodes"]
+        fingerprint = evaluation["dataset"]["fingerprint"]
+        for model in models:
+            best = families.get(model["family"])
+            if best is None or (model["val_accuracy"] or 0.0) > (best["val_accuracy"] or 0.0):
+                families[model["family"]] = {
+                    **{k: model[k] for k in ("trial_id", "val_accuracy", "params", "results")},
+                    "source": str(file),
+                    "fingerprint": fingerprint,
+                }
+            scored.update(model["results"])
+    except (KeyError, TypeError) as exc:
+        raise PipelineError(f"{file} is not an evaluation.json of `learn2tune evaluate` (no {exc})") from None
+    protocols.add(f"{test['episodes']} episodes, {test['query']} queries per class, seed {test['seed']}")
 
 
 def _foreign_tuned(tuned: dict[str, Any] | None, dataset: dict[str, Any]) -> list[str]:
@@ -666,7 +680,8 @@ def _parser() -> argparse.ArgumentParser:
         "--tuned",
         type=Path,
         action="append",
-        help="experiment directory or evaluation.json of configs/omniglot-search.yaml (repeatable)",
+        help="runs/tune/omniglot-search.json of bench omniglot-search, or an experiment directory or evaluation.json "
+        "of configs/omniglot-search.yaml (repeatable)",
     )
     parser.add_argument(
         "--resume",
