@@ -38,7 +38,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks import omniglot_report as report
-from benchmarks.omniglot_config import SETTINGS, Cell, load_families, resolve, setting_spec
+from benchmarks.omniglot_config import Cell, load_families, resolve, setting_spec
 from benchmarks.omniglot_table import (
     SMOKE_DATA,
     SMOKE_EPISODES,
@@ -64,6 +64,7 @@ EXPERIMENT = "omniglot-search"
 SUMMARY_FILE = "omniglot-search.json"
 DEFAULT_TRIALS = {"full": 32, "cpu": 8, "smoke": 2}
 VAL_EPISODES = {"full": 200, "cpu": 100, "smoke": 4}
+SETTING = "5w1s"  # the setting searched and tested: the table's headline
 ASHA_RUNGS = 4  # reports per trial; ASHA's grace period is the first
 
 Say = Callable[[str], None]
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     previous = _previous(summary_path) if args.resume else {}
     summary: dict[str, Any] = {
         "budget": args.budget,
-        "setting": args.setting,
+        "setting": SETTING,
         "command": shlex.join(["learn2tune", "bench", "omniglot-search", *argv]),
         "commit": report.commit(REPO),
         "hardware": report.hardware(torch.device("cuda" if _on_gpus(args.device) else "cpu")),
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     started = time.time()
     say(
         f"omniglot search, {args.budget} budget: {len(families)} families x {args.trials or DEFAULT_TRIALS[args.budget]} "
-        f"trials at {args.setting}; summary {summary_path}"
+        f"trials at {SETTING}; summary {summary_path}"
     )
     for number, (family, config) in enumerate(configs.items(), start=1):
         plan = _plan(config)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
 
 def resolve_cell(plan: Any, args: argparse.Namespace) -> Cell:
     """The table cell a family's search trains like (the smoke budget shrinks the cpu one)."""
-    cell = resolve(plan, args.setting, "cpu" if args.budget == "smoke" else args.budget)
+    cell = resolve(plan, SETTING, "cpu" if args.budget == "smoke" else args.budget)
     if args.budget == "smoke":
         cell = dataclasses.replace(
             cell, budget="smoke", iterations=2 * SMOKE_ITERATIONS, meta_batch=min(cell.meta_batch, SMOKE_META_BATCH)
@@ -181,8 +182,6 @@ def family_config(cell: Cell, args: argparse.Namespace) -> Config:
 
 def _on_gpus(device: str) -> bool:
     """Trials get GPUs for ``--device cuda`` (a cluster's GPUs may be on other nodes) or ``auto`` with one here."""
-    import torch
-
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
@@ -318,9 +317,6 @@ def _parser() -> argparse.ArgumentParser:
         "(validation split only), then score each family's best trial on the test split: the table's tuned column.",
     )
     shared_arguments(parser, "the cells' budget (default cpu)", "datasets and Tune experiments (default runs)")
-    parser.add_argument(
-        "--setting", choices=SETTINGS, default="5w1s", help="the setting searched and tested (default 5w1s)"
-    )
     parser.add_argument(
         "--trials",
         type=_positive,
