@@ -54,6 +54,7 @@ from benchmarks.omniglot_table import (
 from learners.registry import family_names, make_hparams
 from pipeline.cli import Parser
 from pipeline.config import Config, load_config
+from pipeline.errors import SearchInterrupted
 from pipeline.io import read_json, write_json_atomic, write_text_atomic
 from pipeline.space import searched_space
 from pipeline.table import format_params
@@ -102,7 +103,13 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
             say(f"  kept from the previous run: {kept['evaluation']}")
             record = kept
         else:
-            record = tune_family(config, plan, resume=args.resume, say=say)
+            try:
+                record = tune_family(config, plan, resume=args.resume, say=say)
+            except SearchInterrupted:
+                again = summary["command"] if args.resume else f"{summary['command']} --resume"
+                raise SearchInterrupted(
+                    f"the search of {family} was interrupted; `{again}` keeps the finished families and finishes it"
+                ) from None
         summary["families"][family] = record
         summary["wall_seconds"] = time.time() - started
         write_json_atomic(summary_path, summary)
