@@ -134,7 +134,7 @@ def _header(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _cells_time(doc: Mapping[str, Any]) -> str:
-    """"; the N cells trained and tested in T" (each model counted once), when some were kept from earlier runs."""
+    """ "; the N cells trained and tested in T" (each model counted once), when some were kept from earlier runs."""
     if not doc.get("kept_cells"):
         return ""  # the wall time covers every cell
     cells = [cell for cell in doc["cells"] if not cell.get("error")]
@@ -143,7 +143,7 @@ def _cells_time(doc: Mapping[str, Any]) -> str:
 
 
 def _kept_note(doc: Mapping[str, Any]) -> str:
-    """" (N cells kept from commit X, ...)" for cells an earlier run made (``--resume``); else empty."""
+    """ " (N cells kept from commit X, ...)" for cells an earlier run made (``--resume``); else empty."""
     earlier = Counter(cell["commit"] for cell in doc["cells"] if cell.get("commit", doc["commit"]) != doc["commit"])
     if not earlier:
         return ""
@@ -153,6 +153,8 @@ def _kept_note(doc: Mapping[str, Any]) -> str:
 def _row(cell: Mapping[str, Any], doc: Mapping[str, Any]) -> list[str]:
     tuned = ((doc["tuned"] or {}).get("families", {}).get(cell["family"]) or {}).get("results", {}).get(cell["setting"])
     tuned_text = percent(tuned["accuracy"], tuned["ci95"]) if tuned else DASH
+    if tuned and doc["tuned"]["families"][cell["family"]].get("paper_point"):
+        tuned_text += " (paper's)"
     head = [cell["family"], cell["setting"]]
     if cell.get("error"):
         return head + [f"failed: {cell['error']}", _paper(cell), DASH, tuned_text, cell["cut"]] + [DASH] * 4

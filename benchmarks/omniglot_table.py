@@ -543,18 +543,24 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
             file, "run `learn2tune bench omniglot-search` or `learn2tune run configs/omniglot-search.yaml`"
         )
         if "models" in data or not isinstance(data.get("families"), dict):
-            files = [file]
-        else:  # a bench omniglot-search summary: each family's evaluation.json
-            files = [Path(record["evaluation"]) for record in data["families"].values() if record.get("evaluation")]
+            files, paper_points = [file], set()
+        else:  # a bench omniglot-search summary: each family's evaluation.json and paper-point trial
+            records = data["families"].values()
+            files = [Path(record["evaluation"]) for record in records if record.get("evaluation")]
+            paper_points = {(record.get("paper_point") or {}).get("trial_id") for record in records}
         sources.append(shown(file))
         for file in files:
             _read_evaluation(file, families, protocols, scored)
+        for best in families.values():
+            best["paper_point"] = best.get("paper_point") or best["trial_id"] in paper_points
     description = (
         f"each family's best trial by validation accuracy (validation split only) in {', '.join(sources)}, scored "
         f"by the evaluate stage on the test split ({'; '.join(sorted(protocols))}; settings "
         f"{', '.join(s for s in SETTINGS if s in scored)}). The search trains on its episodes.train shape, so "
         "fixed-head families have no rows of other ways."
     )
+    if any(best["paper_point"] for best in families.values()):
+        description += " \"paper's\": the best trial was the paper's configuration, trained again with its own seed."
     return {"description": description, "families": families}
 
 

@@ -117,10 +117,15 @@ def test_the_printed_command_fills_the_tables_tuned_column(searched, tmp_path, m
     cells = json.loads(out.with_suffix(".json").read_text())["cells"]
     doc = json.loads(out.with_suffix(".json").read_text())
     assert not any("another dataset" in note for note in doc.get("notes", []))
+    table = out.read_text()
     for cell in cells:
-        best = summary["families"][cell["family"]]["best"]
+        record = summary["families"][cell["family"]]
+        best = record["best"]
         assert doc["tuned"]["families"][cell["family"]]["results"]["5w1s"]["accuracy"] == best["test"]["accuracy"]
-    assert "| maml | 5w1s |" in out.read_text()
+        row = next(line for line in table.splitlines() if line.startswith(f"| {cell['family']} | 5w1s |"))
+        tuned = f"{100 * best['test']['accuracy']:.2f} ± {100 * best['test']['ci95']:.2f}"
+        paper = best["trial_id"] == record["paper_point"]["trial_id"]
+        assert f"| {tuned}{' (paper' + chr(39) + 's)' if paper else ''} |" in row
 
 
 def test_resume_keeps_the_families_it_finished(searched):
