@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
         "commit": report.commit(REPO),
         "hardware": report.hardware(torch.device("cuda" if _on_gpus(args.device) else "cpu")),
         "families": {},
+        "kept": [],  # families taken from the previous run (--resume)
     }
     started = time.time()
     say(
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
         if kept is not None and kept["plan"] == plan and kept.get("evaluation"):
             say(f"  kept from the previous run: {kept['evaluation']}")
             record = kept
+            summary["kept"].append(family)
         else:
             try:
                 record = tune_family(config, plan, resume=args.resume, say=say)
@@ -261,7 +263,7 @@ def _previous(path: Path) -> dict[str, Any]:
 def render(summary: dict[str, Any], configs: dict[str, Config]) -> str:
     """The Markdown report of the searches: each family's paper point and best trial."""
     records = summary["families"]
-    kept = sum(1 for r in records.values() if r.get("commit") != summary["commit"])
+    kept = len(summary["kept"])
     total = sum(r["wall_seconds"] for r in records.values())
     config = next(iter(configs.values()))
     lines = [
