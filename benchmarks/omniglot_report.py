@@ -20,10 +20,11 @@ DASH = "–"
 
 
 def commit(repo: Path) -> str:
-    """``git rev-parse --short HEAD``, with ``-dirty`` when tracked files differ from it."""
+    """``git rev-parse --short HEAD``, with ``-dirty`` when tracked files outside ``docs/`` differ from it."""
     try:
         sha = _git(repo, "rev-parse", "--short", "HEAD")
-        dirty = _git(repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+        # the generated reports under docs/ do not make the code that generates them dirty
+        dirty = _git(repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return sha + ("-dirty" if dirty else "")
