@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     check_omniglot(args)
     families = family_names() if args.families == ["all"] else args.families
     plans = load_families(args.configs, families)
-    configs = {family: family_config(resolve_cell(plans[family], args), args) for family in families}
+    base_fixed = load_config(SEARCH_CONFIG, cwd=REPO, environ=os.environ).search.fixed
+    configs = {family: family_config(resolve_cell(plans[family], args), args, base_fixed) for family in families}
     summary_path = args.workdir.resolve() / "tune" / SUMMARY_FILE
     previous = _previous(summary_path) if args.resume else {}
     summary: dict[str, Any] = {
@@ -135,13 +136,13 @@ def resolve_cell(plan: Any, args: argparse.Namespace) -> Cell:
     return cell
 
 
-def family_config(cell: Cell, args: argparse.Namespace) -> Config:
-    """``configs/omniglot-search.yaml`` narrowed to one family trained as its table cell."""
+def family_config(cell: Cell, args: argparse.Namespace, base_fixed: dict[str, dict[str, Any]]) -> Config:
+    """``configs/omniglot-search.yaml`` (whose ``search.fixed`` is ``base_fixed``) narrowed to one family
+    trained as its table cell."""
     family = cell.family
     ways, shots = setting_spec(cell.setting)
     space = searched_space(family, {})
-    base = load_config(SEARCH_CONFIG, cwd=REPO, environ=os.environ).search.fixed.get(family, {})
-    fixed = {**base, **{k: v for k, v in cell.hparams.items() if k not in space}}
+    fixed = {**base_fixed.get(family, {}), **{k: v for k, v in cell.hparams.items() if k not in space}}
     paper_point = {k: v for k, v in dataclasses.asdict(make_hparams(family, cell.hparams)).items() if k in space}
     rung = max(1, cell.iterations // ASHA_RUNGS)
     budget = "cpu" if args.budget == "smoke" else args.budget

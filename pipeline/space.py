@@ -59,7 +59,7 @@ def define_by_run(
     return ConditionalSpace(
         tuple(families),
         {family: searched_space(family, fixed) for family in families},
-        {family: dict(values) for family, values in (points or {}).items() if family in families},
+        {family: dict(values) for family, values in (points or {}).items()},
     )
 
 
