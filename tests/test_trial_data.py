@@ -1,0 +1,126 @@
+"""Trials' data from Ray's object store (``search.data: object-store``), with real Ray and Parquet.
+
+A Ray task (a worker process, as a trial is) maps the driver's one copy: the image array lies
+in Ray's shared-memory mapping, is read-only, and a learner trains from it. A real search
+trains with its dataset directory deleted once the driver has shared it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+from pipeline import trial_data
+from pipeline.cli import main
+from pipeline.config import load_config
+from tasks.store import DatasetStore
+
+SEARCH_CONFIG = """\
+name: shared
+workdir: {root}/runs
+tracking: {{uri: "sqlite:///{root}/mlflow.db"}}
+data: {{dir: {dataset}}}
+episodes:
+  train: {{ways: 3, shots: 1, query: 2}}
+  meta_batch: 2
+  val: {{episodes: 6}}
+search:
+  families: [protonet]
+  trials: 2
+  max_iterations: 10
+  grace_iterations: 10
+  eval_every: 5
+  checkpoint_every: 5
+  fixed: {{protonet: {{width: 8, train_ways: 0}}}}
+  data: {data}
+"""
+
+
+def _mapping_of(address: int) -> str:
+    """The /proc/self/maps line of the mapping that holds ``address``."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            if start <= address < end:
+                return line.strip()
+    raise AssertionError(f"address {address:#x} is in no mapping")
+
+
+def _train_in_a_worker(shared: trial_data.SharedDataset, config) -> dict:
+    """In a Ray worker: get the trial's dataset, report how its train images are held, train one step."""
+    import torch
+
+    from learners.checkpoint import build_learner
+    from tasks.episodes import EpisodeSpec
+    from tasks.sampler import EpisodeSampler
+
+    dataset = trial_data.trial_dataset(config, shared)
+    train = dataset.split("train")
+    try:
+        train.images[0, 0, 0, 0] = 1
+        written = True
+    except ValueError:
+        written = False
+    torch.manual_seed(0)
+    spec = {"family": "protonet", "hparams": {"width": 8, "train_ways": 0}, "image_shape": list(dataset.image_shape), "ways": 3}
+    learner = build_learner(spec, torch.device("cpu"))
+    sampler = EpisodeSampler(train, EpisodeSpec(3, 1, 2), tasks=2, seed=0)
+    before = train.images.copy()
+    metrics = [learner.meta_train_step(sampler.sample().to("cpu")) for _ in range(3)]
+    return {
+        "pid": os.getpid(),
+        "writeable": bool(train.images.flags.writeable),
+        "written": written,
+        "mapping": _mapping_of(train.images.ctypes.data),
+        "unchanged": bool(np.array_equal(before, train.images)),
+        "losses": [m["loss"] for m in metrics],
+        "images": int(train.images.shape[0]),
+    }
+
+
+def test_a_trial_trains_from_a_zero_copy_read_only_array_in_the_object_store(pipeline_ray, tasks_small_dataset, tmp_path):
+    ray = pipeline_ray
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    config = load_config(None, [("data.dir", str(tasks_small_dataset))], cwd=tmp_path, environ={})
+    store = DatasetStore.open(tasks_small_dataset)
+    shared = trial_data.share_dataset(store)
+    assert set(shared.refs) == {"train", "val"}  # the test split stays with the driver
+    reports = ray.get([ray.remote(num_cpus=1)(_train_in_a_worker).remote(shared, config) for _ in range(2)])
+    for report in reports:
+        assert report["pid"] != os.getpid()
+        assert "/plasma" in report["mapping"] and " rw-s " in report["mapping"], report["mapping"]  # Ray's shared memory
+        assert not report["writeable"] and not report["written"]
+        assert report["unchanged"] and report["images"] == store.split("train").images.shape[0]
+        assert all(np.isfinite(report["losses"]))
+
+
+def test_the_storage_path_opens_the_dataset_in_the_trial(tasks_small_dataset, tmp_path):
+    config = load_config(None, [("data.dir", str(tasks_small_dataset))], cwd=tmp_path, environ={})
+    dataset = trial_data.trial_dataset(config, None)
+    assert isinstance(dataset, DatasetStore) and dataset.path == tasks_small_dataset
+
+
+def test_a_search_trains_from_the_object_store_without_the_dataset_directory(
+    pipeline_ray, tasks_small_dataset, tmp_path, monkeypatch, capsys
+):
+    dataset = shutil.copytree(tasks_small_dataset, tmp_path / "dataset")
+    config = tmp_path / "shared.yaml"
+    config.write_text(SEARCH_CONFIG.format(root=tmp_path, dataset=dataset, data="object-store"))
+    real_share = trial_data.share_dataset
+
+    def share_then_delete(store, *args):
+        shared = real_share(store, *args)
+        shutil.rmtree(dataset)  # from here on only the object store has the data
+        return shared
+
+    monkeypatch.setattr(trial_data, "share_dataset", share_then_delete)
+    assert main(["search", str(config)]) == 0, capsys.readouterr().err
+    assert not dataset.exists()
+    result = json.loads((tmp_path / "runs/tune/shared/search_result.json").read_text())
+    assert len(result["trials"]) == 2
+    for trial in result["trials"]:
+        assert trial["error"] is None and trial["iterations"] == 10 and trial["val_accuracy"] is not None
