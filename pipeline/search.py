@@ -25,7 +25,7 @@ from pipeline.plots import learning_curve
 from pipeline.ray_runtime import check_trial_resources, connect
 from pipeline.space import FAMILY_KEY, INDEX_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
-from tasks.store import DatasetStore
+from pipeline.trial_data import SharedDataset, share_dataset
 
 RESULT_FILE = "search_result.json"
 STATE_FILE = "search_state.json"  # the MLflow parent run of the search, for --resume
@@ -46,6 +46,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     state = _interrupted_search(config.experiment_dir) if resume else None
     connect(config.ray.address, environ)
     check_trial_resources(config.search.resources)
+    shared = share_dataset(store) if config.search.data == "object-store" else None
 
     # Everything is validated: from here on the stage writes.
     client = tracking.make_client(config.tracking.uri)
@@ -62,7 +63,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     )
     status = "FAILED"
     try:
-        grid = _fit(config, store, experiment_id, parent_run_id, resume)
+        grid = _fit(config, shared, experiment_id, parent_run_id, resume)
         attempts = _failed_attempts(config.experiment_dir)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
@@ -138,7 +139,7 @@ def _set_aside_previous(experiment_dir: Path, client, out: Out) -> None:
     out(f"note: the previous search in {experiment_dir} was moved to {target}")
 
 
-def _fit(config: Config, store: DatasetStore, experiment_id: str, parent_run_id: str, resume: bool):
+def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, parent_run_id: str, resume: bool):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -146,7 +147,6 @@ def _fit(config: Config, store: DatasetStore, experiment_id: str, parent_run_id:
 
     from pipeline.progress import ProgressLines
     from pipeline.trainable import TrialContext, train_trial
-    from pipeline.trial_data import share_dataset
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # ProgressLines prints each trial error as one line with the path of its traceback.
@@ -155,7 +155,6 @@ def _fit(config: Config, store: DatasetStore, experiment_id: str, parent_run_id:
     # default (10 s or more) lets a SIGKILL lose trials that finished since the last save.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SAVE_SECONDS))
     search = config.search
-    shared = share_dataset(store) if search.data == "object-store" else None
     context = TrialContext(config=config, experiment_id=experiment_id, parent_run_id=parent_run_id, shared=shared)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),

@@ -34,7 +34,6 @@ class SharedDataset:
     """A dataset's trial splits in Ray's object store, as the driver hands them to every trial."""
 
     path: str  # where the driver read it, for messages
-    fingerprint: str
     image_shape: tuple[int, int, int]
     refs: Mapping[str, Any]  # split name -> ray.ObjectRef of its SplitStore
 
@@ -49,14 +48,13 @@ class SharedDataset:
         return ray.get(self.refs[name])
 
 
-def share_dataset(store: DatasetStore, splits: tuple[str, ...] = TRIAL_SPLITS) -> SharedDataset:
-    """Put ``splits`` of ``store`` into Ray's object store once (Ray must be connected).
-
-    The objects live as long as the returned value (or a trial holding it) does.
-    """
+def share_dataset(store: DatasetStore) -> SharedDataset:
+    """Put the trial splits of ``store`` into Ray's object store once (Ray must be connected);
+    :class:`PipelineError` if they cannot fit. The objects live as long as the returned value
+    (or a trial holding it) does."""
     import ray
 
-    loaded = {name: store.split(name) for name in splits}
+    loaded = {name: store.split(name) for name in TRIAL_SPLITS}
     needed = sum(split.images.nbytes for split in loaded.values())
     capacity = _object_store_capacity()
     if needed > capacity:
@@ -66,7 +64,7 @@ def share_dataset(store: DatasetStore, splits: tuple[str, ...] = TRIAL_SPLITS) -
             f"with a larger --object-store-memory"
         )
     refs = {name: ray.put(split) for name, split in loaded.items()}
-    return SharedDataset(str(store.path), store.fingerprint, store.image_shape, refs)
+    return SharedDataset(str(store.path), store.image_shape, refs)
 
 
 def trial_dataset(config: Config, shared: SharedDataset | None) -> TrialDataset:

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from pipeline import search as search_stage
 from pipeline import trial_data
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -110,14 +111,13 @@ def test_a_search_trains_from_the_object_store_without_the_dataset_directory(
     dataset = shutil.copytree(tasks_small_dataset, tmp_path / "dataset")
     config = tmp_path / "shared.yaml"
     config.write_text(SEARCH_CONFIG.format(root=tmp_path, dataset=dataset, data="object-store"))
-    real_share = trial_data.share_dataset
 
-    def share_then_delete(store, *args):
-        shared = real_share(store, *args)
+    def share_then_delete(store):
+        shared = trial_data.share_dataset(store)
         shutil.rmtree(dataset)  # from here on only the object store has the data
         return shared
 
-    monkeypatch.setattr(trial_data, "share_dataset", share_then_delete)
+    monkeypatch.setattr(search_stage, "share_dataset", share_then_delete)
     assert main(["search", str(config)]) == 0, capsys.readouterr().err
     assert not dataset.exists()
     result = json.loads((tmp_path / "runs/tune/shared/search_result.json").read_text())
