@@ -200,8 +200,9 @@ def bench_dataset(ray: Any, label: str, directory: Path, trials: int, out: Any) 
 
 def _print_rows(rows: list[Measurement], out: Any) -> None:
     names = dict(PATHS)
+    widths = (-26, 7, 16, 14, 13, 12, 15, 8)  # negative: left-aligned
     header = ("path", "trials", "private (ΣUSS)", "object store", "node memory", "peak/trial", "start-up mean", "max")
-    out(f"{header[0]:<26}{header[1]:>7}{header[2]:>16}{header[3]:>14}{header[4]:>13}{header[5]:>12}{header[6]:>15}{header[7]:>8}")
+    out("".join(f"{name:{'<' if width < 0 else '>'}{abs(width)}}" for name, width in zip(header, widths)))
     for row in rows:
         out(
             f"{names[row.path]:<26}{row.trials:>7}{_mb(row.private_bytes):>16}{_mb(row.shared_bytes):>14}"

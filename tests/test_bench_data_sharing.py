@@ -13,7 +13,10 @@ def test_bench_prints_both_paths_for_1_and_n_trials_and_the_ratio(pipeline_ray, 
     out = capsys.readouterr().out
     assert "--size tiny measures the small noise set only" in out
     rows = re.findall(
-        r"^(storage \(per-trial copy\)|object-store \(shared\))\s+(\d)\s+([\d.,]+) MB\s+([\d.,]+) MB\s+([\d.,]+) MB", out, re.M
+        r"^(storage \(per-trial copy\)|object-store \(shared\))\s+(\d)"
+        r"\s+([\d.,]+) MB\s+([\d.,]+) MB\s+([\d.,]+) MB",
+        out,
+        re.M,
     )
     assert [(path, int(n)) for path, n, *_ in rows] == [
         ("storage (per-trial copy)", 1), ("storage (per-trial copy)", 2),
@@ -25,9 +28,13 @@ def test_bench_prints_both_paths_for_1_and_n_trials_and_the_ratio(pipeline_ray, 
         assert abs(private + shared - node) < 0.2
         if path.startswith("storage"):  # every trial holds its own copy
             assert shared == 0 and private >= n * data_mb
-        else:  # the one copy in the object store, none private
+        else:  # the one copy, in the object store
             assert abs(shared - data_mb) < 0.1 * data_mb + 0.1
-    ratios = re.search(r"memory\(2 trials\)/memory\(1 trial\): storage \(per-trial copy\) ([\d.]+)x, object-store \(shared\) ([\d.]+)x", out)
+    ratios = re.search(
+        r"memory\(2 trials\)/memory\(1 trial\): "
+        r"storage \(per-trial copy\) ([\d.]+)x, object-store \(shared\) ([\d.]+)x",
+        out,
+    )
     assert ratios, out
     assert float(ratios.group(1)) > 1.5  # two private copies
     assert memory["object-store (shared)", 2][2] < memory["storage (per-trial copy)", 2][2]
