@@ -105,6 +105,8 @@ class SearchConfig:
     points_to_evaluate: dict = setting({}, Table())
     resources: Resources = section(Resources)
     max_failures: int = setting(1, Integer(0))
+    # how trials get the dataset: one shared object-store copy per node, or each its own (pipeline/trial_data.py)
+    data: str = setting("object-store", OneOf(("object-store", "storage")))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The search stage: a Ray Tune sweep (Optuna define-by-run + ASHA) over learner families.
 
-Reads the dataset directory; writes the Tune experiment directory ``<workdir>/tune/<name>``
+Reads the dataset directory (and with ``search.data: object-store`` puts the trials' splits
+into Ray's object store once); writes the Tune experiment directory ``<workdir>/tune/<name>``
 with ``search_result.json`` (every trial, best first, with its checkpoint and MLflow run),
 which is all the evaluate stage needs. MLflow gets one parent run per search, one nested
 child run per trial (created by the trial itself), and the best trials on the parent.
@@ -24,6 +25,7 @@ from pipeline.plots import learning_curve
 from pipeline.ray_runtime import check_trial_resources, connect
 from pipeline.space import FAMILY_KEY, INDEX_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
+from pipeline.trial_data import SharedDataset, share_dataset
 
 RESULT_FILE = "search_result.json"
 STATE_FILE = "search_state.json"  # the MLflow parent run of the search, for --resume
@@ -44,6 +46,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     state = _interrupted_search(config.experiment_dir) if resume else None
     connect(config.ray.address, environ)
     check_trial_resources(config.search.resources)
+    shared = share_dataset(store) if config.search.data == "object-store" else None
 
     # Everything is validated: from here on the stage writes.
     client = tracking.make_client(config.tracking.uri)
@@ -60,7 +63,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     )
     status = "FAILED"
     try:
-        grid = _fit(config, experiment_id, parent_run_id, resume)
+        grid = _fit(config, shared, experiment_id, parent_run_id, resume)
         attempts = _failed_attempts(config.experiment_dir)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
@@ -136,7 +139,7 @@ def _set_aside_previous(experiment_dir: Path, client, out: Out) -> None:
     out(f"note: the previous search in {experiment_dir} was moved to {target}")
 
 
-def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
+def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, parent_run_id: str, resume: bool):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -152,7 +155,7 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
     # default (10 s or more) lets a SIGKILL lose trials that finished since the last save.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SAVE_SECONDS))
     search = config.search
-    context = TrialContext(config=config, experiment_id=experiment_id, parent_run_id=parent_run_id)
+    context = TrialContext(config=config, experiment_id=experiment_id, parent_run_id=parent_run_id, shared=shared)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),
         {"cpu": search.resources.cpu, "gpu": search.resources.gpu},

@@ -27,9 +27,9 @@ from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.scoring import episode_accuracies
 from pipeline.space import FAMILY_KEY, INDEX_KEY, trial_hparams
+from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
-from tasks.store import DatasetStore
 
 
 RESTORED_TAG = "learn2tune.restored_from_iteration"  # set when a trial resumes from a checkpoint
@@ -42,6 +42,7 @@ class TrialContext:
     config: Config
     experiment_id: str
     parent_run_id: str
+    shared: SharedDataset | None = None  # the dataset in Ray's object store (search.data: object-store)
 
 
 def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
@@ -64,7 +65,7 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
         params = {"family": family, "seed": seed, **dataclasses.asdict(hparams)}
         tracking.log_params(client, run_id, params)
     try:  # a failure from here on, even building the learner (out of memory), ends the run FAILED
-        store = DatasetStore.open(config.dataset_dir)
+        store = trial_dataset(config, context.shared)
         learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device)
         if start:
             client.set_tag(run_id, RESTORED_TAG, str(start))
@@ -97,7 +98,7 @@ def _initial_learner(
 def _train(
     learner: Learner,
     start: int,
-    store: DatasetStore,
+    store: TrialDataset,
     config: Config,
     seed: int,
     client: MlflowClient,

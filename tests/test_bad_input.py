@@ -153,6 +153,11 @@ MISTAKES = [
         "config error: search.trials must be an integer >= 1, got 'few'",
     ),
     Mistake(
+        "config-unknown-data-path", "names a way for trials to get the dataset that does not exist",
+        "learn2tune search {config} --set search.data=nfs",
+        "config error: search.data must be one of 'object-store', 'storage', got 'nfs'",
+    ),
+    Mistake(
         "config-malformed-yaml", "leaves a brace open in the config file",
         "learn2tune search {tmp}/broken.yaml",
         "config error: {tmp}/broken.yaml is not valid YAML (line 3): expected ',' or '}}'",
