@@ -46,10 +46,12 @@ class DataConfig:
     test_classes: float | None = setting(None, Optional(Number(0, positive=True)))
     rotations: bool = setting(False, Boolean())
     image_size: int = setting(28, Integer(4))
-    channels: int | None = setting(None, Optional(OneOf((1, 3))))
+    # 1 (grey), 3 (RGB), auto (1 when every image is grey); null: auto for folders, else 1
+    channels: int | str | None = setting(None, Optional(OneOf((1, 3, "auto"))))
     seed: int | None = setting(None, Optional(Integer(0)))  # null: the top-level seed
     synthetic_classes: int = setting(400, Integer(3))
     synthetic_images_per_class: int = setting(20, Integer(2))
+    skip_unreadable: bool = setting(False, Boolean())  # folder: skip and count files Pillow cannot read
     dir: str | None = setting(None, Optional(Text()))  # null: <workdir>/datasets/<name>
 
 
