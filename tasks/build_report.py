@@ -61,7 +61,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     """The report as a few lines for the build's output."""
     seen = f"{report['files_seen']} files seen, " if report["files_seen"] is not None else ""
     skipped = ", ".join(f"{count} {reason}" for reason, count in report["skipped"].items() if count)
-    lines = [f"read {seen}{report['images_read']} images" + (f"; skipped {skipped}" if skipped else "")]
+    lines = [f"{seen}{report['images_read']} images read" + (f"; skipped {skipped}" if skipped else "")]
     for reason, paths in report["skipped_examples"].items():
         more = report["skipped"][reason] - len(paths)
         lines.append(f"  {reason}: {', '.join(paths)}" + (f" and {more} more" if more > 0 else ""))

@@ -79,7 +79,7 @@ def _new_folders(
             folders[real] = rel
             keep.append(name)
         elif first == "." or rel_dir == first or rel_dir.startswith(f"{first}/"):
-            skipped[SYMLINK_LOOP].append(f"{rel}/ (leads back to {first}/)")
+            skipped[SYMLINK_LOOP].append(f"{rel}/ (leads back to {'the root' if first == '.' else first + '/'})")
         else:
             skipped[DUPLICATE].append(f"{rel}/ (same folder as {first}/)")
     return keep
