@@ -65,7 +65,7 @@ def check_classes(
         have = len(getattr(split, need.split)) * factor
         if need.ways <= have:
             continue
-        stored = f"{have} classes" + (" (with rotations)" if rotations else "")
+        stored = f"{have} class{'' if have == 1 else 'es'}" + (" (with rotations)" if rotations else "")
         hints = _hints(need, have, required[need.split], feasible, method, counts)
         if not feasible:
             hints.append(
@@ -110,7 +110,7 @@ def _hints(
             name = f"data.{need.split}_classes"
             options.append(f"set {name} to {required} or more (now {counts.get(f'{need.split}_classes')!r})")
     if have >= MIN_WAYS:
-        options.append(f"lower {need.field}.ways to {have} or fewer")
+        options.append(f"lower {need.field}.ways to {have if have == MIN_WAYS else f'between {MIN_WAYS} and {have}'}")
     if not options:
         options.append("add classes to the image source")
     return [" or ".join(options)]
