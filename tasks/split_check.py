@@ -66,15 +66,15 @@ def check_classes(
         if need.ways <= have:
             continue
         stored = f"{have} class{'' if have == 1 else 'es'}" + (" (with rotations)" if rotations else "")
-        hints = _hints(need, have, required[need.split], feasible, method, counts)
-        if not feasible:
-            hints.append(
-                f"(the source's {total} classes are fewer than the {sum(required.values())} that train, val and "
+        if feasible:
+            hint = _hint(need, have, required[need.split], method, counts)
+        else:
+            hint = _fewer_ways_hint(total, factor) + (
+                f" (the source's {total} classes are fewer than the {sum(required.values())} that train, val and "
                 f"test episodes need together{' with rotations' if rotations else ''})"
             )
         raise DatasetError(
-            f"{where}: split {need.split!r} gets {stored} but {need.label} asks for {need.ways}-way episodes: "
-            + " ".join(hints)
+            f"{where}: split {need.split!r} gets {stored} but {need.label} asks for {need.ways}-way episodes: {hint}"
         )
 
 
@@ -91,26 +91,35 @@ def check_class_images(needs: Sequence[EpisodeNeed], split_name: str, key: str, 
         )
 
 
-def _hints(
-    need: EpisodeNeed,
-    have: int,
-    required: int,
-    feasible: bool,
-    method: str,
-    counts: dict[str, int | float | None],
-) -> list[str]:
+def _hint(
+    need: EpisodeNeed, have: int, required: int, method: str, counts: dict[str, int | float | None]
+) -> str:
+    """What to change when the source has classes enough for every split, just not this one."""
     options = []
-    if feasible:
-        if need.split == "train":
-            options.append(
-                f"lower data.val_classes ({counts.get('val_classes')!r}) or data.test_classes "
-                f"({counts.get('test_classes')!r}) so that train keeps {required} classes"
-            )
-        elif need.split == "val" or method == "random":
-            name = f"data.{need.split}_classes"
-            options.append(f"set {name} to {required} or more (now {counts.get(f'{need.split}_classes')!r})")
+    if need.split == "train":
+        options.append(
+            f"lower data.val_classes ({counts.get('val_classes')!r}) or data.test_classes "
+            f"({counts.get('test_classes')!r}) so that train keeps {required} classes"
+        )
+    elif need.split == "val" or method == "random":
+        name = f"data.{need.split}_classes"
+        options.append(f"set {name} to {required} or more (now {counts.get(f'{need.split}_classes')!r})")
     if have >= MIN_WAYS:
-        options.append(f"lower {need.field}.ways to {have if have == MIN_WAYS else f'between {MIN_WAYS} and {have}'}")
-    if not options:
-        options.append("add classes to the image source")
-    return [" or ".join(options)]
+        options.append(f"lower {need.field}.ways to {_ways_range(have)}")
+    return " or ".join(options)
+
+
+def _fewer_ways_hint(total: int, factor: int) -> str:
+    """The most ways that train, val and test episodes can all have from ``total`` source classes."""
+    ways = max((w for w in range(MIN_WAYS, total * factor + 1) if 3 * math.ceil(w / factor) <= total), default=0)
+    if not ways:
+        return "add classes to the image source"
+    each = math.ceil(ways / factor)
+    return (
+        f"lower episodes.train.ways and episodes.test.ways to {_ways_range(ways)} and give val "
+        f"and test {each} classes each (data.val_classes, data.test_classes), or add classes to the image source"
+    )
+
+
+def _ways_range(most: int) -> str:
+    return str(most) if most == MIN_WAYS else f"between {MIN_WAYS} and {most}"

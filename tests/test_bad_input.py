@@ -234,8 +234,9 @@ MISTAKES = [
     Mistake(
         "build-split-too-small-one-class", "builds 7 classes: val and test get one each, too few for any episode",
         "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
-        "split 'val' gets 1 class but episodes.train (used for validation) asks for 3-way episodes: add classes "
-        "to the image source (the source's 7 classes are fewer than the 9 that train, val and test episodes need",
+        "split 'val' gets 1 class but episodes.train (used for validation) asks for 3-way episodes: lower "
+        "episodes.train.ways and episodes.test.ways to 2 and give val and test 2 classes each (data.val_classes, "
+        "data.test_classes), or add classes to the image source (the source's 7 classes are fewer than the 9",
         image_folder(classes=7, images=4),
     ),
     Mistake(

@@ -55,6 +55,12 @@ def test_train_and_test_splits_and_a_source_too_small_for_all_three():
     )
 
 
+def test_a_source_too_small_for_the_ways_gets_the_most_ways_that_fit():
+    line = _refusal(_split(8, 1, 1), _needs(5, 5))  # 10 classes: 3 + 3 + 3 fit, 5 + 5 + 5 do not
+    assert "lower episodes.train.ways and episodes.test.ways to between 2 and 3 and give val and test 3 classes" in line
+    assert "ways to between 2 and 4" in _refusal(_split(2, 1, 1), _needs(8, 8), rotations=True)  # 4 x 4 rotations
+
+
 def test_rotations_count_four_classes_each():
     check_classes(_needs(8, 8), _split(2, 2, 2), rotations=True, method="random", counts={}, where="x")
     assert "gets 4 classes (with rotations)" in _refusal(_split(2, 1, 2), _needs(8, 8), rotations=True)
