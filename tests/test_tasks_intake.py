@@ -213,3 +213,15 @@ def test_wide_integer_and_float_images_are_stretched_not_clipped():
     levels = Image.fromarray(np.array([[0.0, 127.6], [254.9, 3.0]], np.float32), mode="F")
     pixels, note = decode(levels)
     assert pixels.tolist() == [[0, 128], [255, 3]] and note == "float F (0-255) rounded"
+
+
+def test_serving_decodes_a_request_image_as_the_build_decodes_its_file(tmp_path):
+    import base64
+
+    from deploy.request import decode_image
+
+    values = _rng("serve").integers(0, 65536, (SIZE, SIZE)).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "q.png")
+    request = base64.b64encode((tmp_path / "q.png").read_bytes()).decode()
+    expected = np.round(values / 65535 * 255).astype(np.uint8)
+    assert np.array_equal(decode_image(request, (1, SIZE, SIZE), 0)[0], expected)
