@@ -185,4 +185,5 @@ def test_scoring_progress_prints_eta_lines_and_warns_about_a_slow_model():
     for _ in range(4):
         clock.now += 1.0
         live.advance(1)
-    assert stream.getvalue().count("\r") == 4 and stream.getvalue().endswith("4/4 episodes (100%), 1.0/s, 4s elapsed\x1b[K\n")
+    assert stream.getvalue().count("\r") == 4
+    assert stream.getvalue().endswith("4/4 episodes (100%), 1.0/s, 4s elapsed\x1b[K\n")
