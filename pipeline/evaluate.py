@@ -100,13 +100,20 @@ def evaluate(
     )
     device = pick_device(config.device)
     test_split = store.split("test")
-    seconds: list[float] = []
+    seconds = record.earlier_seconds()
     jobs = [(trial, False) for trial in candidates] + [(trial, True) for trial in baselines]
-    for trial, fresh in jobs:
-        model = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
-        if model["seconds"] is not None:  # something new was scored
-            tracking.log_metrics(client, model["run_id"], _metrics(model))
-        record.add(model)  # after MLflow: a model in the record has its metrics logged too
+    try:
+        for trial, fresh in jobs:
+            model = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
+            if model["seconds"] is not None:  # something new was scored
+                tracking.log_metrics(client, model["run_id"], _metrics(model))
+            record.add(model)  # after MLflow: a model in the record has its metrics logged too
+    except KeyboardInterrupt:
+        out(
+            f"\ninterrupted: the {len(record.models)} model(s) scored are kept in {record.path}; "
+            "run `learn2tune evaluate` again to score the rest"
+        )
+        raise
     models = [m for m in record.models if not m.get("untrained")]
     scored = [m for m in models if m["results"].get(primary)]
     if not scored:

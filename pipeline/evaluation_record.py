@@ -39,6 +39,10 @@ class EvaluationRecord:
         model = self._earlier.get(key)
         return dict(model["results"]) if model else {}
 
+    def earlier_seconds(self) -> list[float]:
+        """How long each model the earlier record holds took to score (for the slow-model warning)."""
+        return [m["seconds"] for m in self._earlier.values() if m.get("seconds")]
+
     def add(self, model: dict[str, Any]) -> None:
         """Record one finished model and rewrite the file (atomically)."""
         self.models.append(model)

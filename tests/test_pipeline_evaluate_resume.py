@@ -112,6 +112,7 @@ def test_interrupted_evaluate_keeps_the_first_model_and_a_rerun_scores_only_the_
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 130, (tmp_path / "evaluate.log").read_text()
+    assert "interrupted: the 1 model(s) scored are kept in" in (tmp_path / "evaluate.log").read_text()
 
     record = json.loads(record_path.read_text())
     assert record["complete"] is False and [m["trial_id"] for m in record["models"]] == ["t0"], record
