@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from tasks.decode import Unreadable, decode
 from tasks.preprocess import prepare
 
 ROLES = ("support", "query")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 CHANNEL_COUNTS = (1, 3, 4)
 MAX_ASPECT_RATIO = 2.0  # longer side / shorter side that is still stretched to a square
 
@@ -101,7 +102,10 @@ def _decode(value: Any, image_shape: tuple[int, int, int], row: int, conversions
             f"{size}×{size}; crop or pad it to a square first"
         )
     gray = image.mode in GRAY_MODES
-    array = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
+    try:
+        array, _ = decode(image)  # as the dataset build decodes files: 16-bit scaled, alpha onto white
+    except Unreadable as exc:
+        raise RequestError(f"row {row}: image cannot be decoded ({exc})") from None
     changes = []
     if (height, width) != (size, size):
         changes.append(f"resized from {height}×{width} to {size}×{size}")

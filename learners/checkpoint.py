@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from learners.base import Learner
@@ -36,6 +37,13 @@ def build_learner(spec: dict[str, Any], device: torch.device | str = "cpu") -> L
     learner_cls = get_family(spec["family"])
     hparams = make_hparams(spec["family"], spec.get("hparams"))
     return learner_cls(hparams, tuple(spec["image_shape"]), int(spec["ways"])).to(device)
+
+
+def fresh_learner(spec: dict[str, Any], seed: int, device: torch.device | str = "cpu") -> Learner:
+    """The learner a trial seeded with ``seed`` starts from: torch and NumPy seeded, then built."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return build_learner(spec, device)
 
 
 def save_learner(learner: Learner, directory: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -90,7 +90,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate
 
-    evaluate(_config(args), out)
+    untrained = [name.strip() for name in args.untrained.split(",") if name.strip()] if args.untrained else []
+    evaluate(_config(args), out, untrained=untrained, stream=_terminal())
     return 0
 
 
@@ -143,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         search(config, out, os.environ, resume=args.resume)
     out("\n== evaluate")
-    evaluation = evaluate(config, out)
+    evaluation = evaluate(config, out, stream=_terminal())
     out("\n== register")
     registered = register(config, out)
     out("\n" + run_summary(evaluation, registered))
@@ -183,6 +184,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     env = dict(os.environ, PATH=f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces this process
+
+
+def _terminal():
+    """stdout when it is a terminal (progress lines are rewritten in place there), else None."""
+    return sys.stdout if sys.stdout.isatty() else None
 
 
 def ui_command(config: Config, port: int = 5000) -> list[str]:
@@ -273,6 +279,10 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = _command(commands, "evaluate", cmd_evaluate, "score the best trials on fixed meta-test episodes")
     _evaluate_flags(evaluate)
+    evaluate.add_argument(
+        "--untrained", metavar="FAMILY[,FAMILY]",
+        help="also score each family's best trial as the network it started from, before meta-training",
+    )
 
     register = _command(commands, "register", cmd_register, "register the winner in the MLflow Model Registry")
     _register_flags(register)

@@ -31,6 +31,7 @@ from pipeline.schema import (
     setting,
 )
 
+DEFAULT_GRACE_FRACTION = 0.25  # of search.max_iterations (100 of the default 400)
 NAME = Text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_' or '-'")
 
 
@@ -46,10 +47,12 @@ class DataConfig:
     test_classes: float | None = setting(None, Optional(Number(0, positive=True)))
     rotations: bool = setting(False, Boolean())
     image_size: int = setting(28, Integer(4))
-    channels: int | None = setting(None, Optional(OneOf((1, 3))))
+    # 1 (grey), 3 (RGB), auto (1 when every image is grey); null: auto for folders, else 1
+    channels: int | str | None = setting(None, Optional(OneOf((1, 3, "auto"))))
     seed: int | None = setting(None, Optional(Integer(0)))  # null: the top-level seed
     synthetic_classes: int = setting(400, Integer(3))
     synthetic_images_per_class: int = setting(20, Integer(2))
+    skip_unreadable: bool = setting(False, Boolean())  # folder: skip and count files Pillow cannot read
     dir: str | None = setting(None, Optional(Text()))  # null: <workdir>/datasets/<name>
 
 
@@ -96,7 +99,8 @@ class SearchConfig:
     families: tuple[str, ...] = setting(("protonet", "maml"), ListOf(Text()))
     trials: int = setting(8, Integer(1))
     max_iterations: int = setting(400, Integer(1))
-    grace_iterations: int = setting(100, Integer(1))
+    # ASHA's grace period: meta-iterations, or a fraction of max_iterations; null: a quarter of them
+    grace_iterations: int | float | None = setting(None, Optional(Number(0, positive=True)))
     eval_every: int = setting(50, Integer(1))
     checkpoint_every: int = setting(50, Integer(1))
     max_concurrent: int | None = setting(None, Optional(Integer(1)))
@@ -247,10 +251,16 @@ def _assign(raw: dict, dotted: str, value: Any) -> None:
 def _validate(config: Config) -> None:
     """Checks that involve more than one field, or the learner registry."""
     search = config.search
-    if search.grace_iterations > search.max_iterations:
+    grace = search.grace_iterations
+    if isinstance(grace, float) and not grace < 1:
         raise ConfigError(
-            f"search.grace_iterations ({search.grace_iterations}) must be <= "
-            f"search.max_iterations ({search.max_iterations})"
+            f"search.grace_iterations must be a count of meta-iterations (an integer) or a fraction of "
+            f"search.max_iterations in (0, 1), got {grace!r}"
+        )
+    if grace_iterations(search) > search.max_iterations:
+        raise ConfigError(
+            f"search.grace_iterations ({grace}) must be <= search.max_iterations ({search.max_iterations}); "
+            "lower it, give it as a fraction of max_iterations (0.25) or leave it unset (a quarter)"
         )
     if search.eval_every > search.max_iterations:
         raise ConfigError(
@@ -264,6 +274,12 @@ def _validate(config: Config) -> None:
     if search.resources.gpu > 0 and config.device == "cpu":
         raise ConfigError(f"search.resources.gpu is {search.resources.gpu:g} but device is 'cpu'")
     _validate_families(search)
+
+
+def grace_iterations(search: SearchConfig) -> int:
+    """ASHA's grace period in meta-iterations: as given, a fraction of ``max_iterations``, or a quarter."""
+    grace = DEFAULT_GRACE_FRACTION if search.grace_iterations is None else search.grace_iterations
+    return max(1, round(grace * search.max_iterations)) if isinstance(grace, float) else grace
 
 
 def _validate_families(search: SearchConfig) -> None:
@@ -324,7 +340,9 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
         seed=config.seed if data.seed is None else data.seed,
     )
     families = tuple(family_names()) if config.search.families == ("all",) else config.search.families
-    search = dataclasses.replace(config.search, families=tuple(dict.fromkeys(families)))
+    search = dataclasses.replace(
+        config.search, families=tuple(dict.fromkeys(families)), grace_iterations=grace_iterations(config.search)
+    )
     tracking = dataclasses.replace(
         config.tracking,
         uri=_absolute_uri(config.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", cwd),

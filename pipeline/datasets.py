@@ -11,6 +11,7 @@ from tasks.build import BuildSpec, build_dataset, validate_build_spec
 from tasks.episodes import EpisodeSpec
 from tasks.errors import EpisodeError
 from tasks.sampler import check_episode as check_split_episode
+from tasks.split_check import EpisodeNeed
 from tasks.store import DatasetStore
 
 
@@ -29,11 +30,24 @@ def validate_build(config: Config) -> None:
 
 
 def build(config: Config, out: Callable[[str], None], overwrite: bool = False) -> dict[str, Any]:
-    """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``."""
+    """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``; a
+    split too small for the configured episodes is refused before anything is written."""
     validate_build(config)
-    manifest = build_dataset(build_spec(config.data), config.dataset_dir, overwrite=overwrite, progress=out)
+    manifest = build_dataset(
+        build_spec(config.data), config.dataset_dir, overwrite=overwrite, progress=out, needs=episode_needs(config)
+    )
     out(f"dataset {config.dataset_dir} (fingerprint {manifest['fingerprint'][:12]})")
     return manifest
+
+
+def episode_needs(config: Config) -> list[EpisodeNeed]:
+    """What the search and evaluate stages will ask of each split (the checks below, at build time)."""
+    train, test = config.episodes.train, config.episodes.test
+    needs = [
+        EpisodeNeed("train", train.ways, train.shots, train.query, "episodes.train"),
+        EpisodeNeed("val", train.ways, train.shots, train.query, "episodes.train", "used for validation"),
+    ]
+    return needs + [EpisodeNeed("test", max(test.ways), max(test.shots), test.query, "episodes.test")]
 
 
 def open_dataset(config: Config) -> DatasetStore:

@@ -5,19 +5,26 @@ with ``registry.best_per_family`` each family's best trial as well) and the data
 model sees the same episodes per (ways, shots) setting, so comparisons are paired. Writes
 ``evaluation.json`` beside the search result and logs ``test_acc_<W>w<S>s`` and
 ``test_ci95_<W>w<S>s`` on each evaluated trial's run and (for the winner) on the parent.
+Both are written model by model (:mod:`pipeline.evaluation_record`): an interrupted evaluate
+keeps what it finished, and running it again scores only the rest.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, TextIO
 
-from learners.checkpoint import load_learner
+from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
 from pipeline import datasets, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
-from pipeline.io import read_json, write_json_atomic
+from pipeline.evaluation_record import EvaluationRecord, check_complete, model_key
+from pipeline.io import read_json
 from pipeline.scoring import episode_accuracies, mean_ci95
+from pipeline.scoring_progress import ScoringProgress
 from pipeline.search import RESULT_FILE
 from pipeline.table import format_table
 from tasks.episodes import EpisodeSpec
@@ -42,14 +49,22 @@ def read_search_result(config: Config) -> dict[str, Any]:
 
 
 def read_evaluation(config: Config) -> dict[str, Any]:
-    return read_json(
-        config.experiment_dir / EVALUATION_FILE,
-        f"experiment {config.name!r} has not been evaluated; run `learn2tune evaluate` first",
-    )
+    """The finished evaluation of ``config``'s experiment (an unfinished one is an error)."""
+    path = config.experiment_dir / EVALUATION_FILE
+    record = read_json(path, f"experiment {config.name!r} has not been evaluated; run `learn2tune evaluate` first")
+    return check_complete(record, path)
 
 
-def evaluate(config: Config, out: Out) -> dict[str, Any]:
-    """Score the top-k trials on every test setting; returns (and writes) the evaluation."""
+def evaluate(
+    config: Config, out: Out, untrained: Sequence[str] = (), stream: TextIO | None = None
+) -> dict[str, Any]:
+    """Score the top-k trials on every test setting; returns (and writes) the evaluation.
+
+    Each model's scores are written (``evaluation.json`` and its run's MLflow metrics) as soon
+    as it is done, and a re-run on the same episodes keeps them. ``untrained`` names families
+    whose best trial is also scored as the network it started from, before any meta-training.
+    ``stream`` (a terminal) shows progress as a line rewritten in place.
+    """
     search = read_search_result(config)
     store = datasets.open_dataset(config)
     if store.fingerprint != search["dataset"]["fingerprint"]:
@@ -62,19 +77,44 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
     candidates = select_trials(finished, config.registry.top_k, config.registry.best_per_family)
     if not candidates:
         raise PipelineError(f"no trial of experiment {config.name!r} finished with a checkpoint to evaluate")
+    baselines = untrained_trials(finished, untrained, config.name)
     client = tracking.make_client(config.tracking.uri)
     parent_run_id = search["mlflow"]["parent_run_id"]
     _check_run_exists(client, parent_run_id, config)
 
     test = config.episodes.test
     primary = setting_key(*test.settings()[0])
+    head = {
+        "experiment": config.name,
+        "dataset": search["dataset"],
+        "test_episodes": {"query": test.query, "episodes": test.episodes, "seed": config.seed},
+        "primary": primary,
+        "mlflow": search["mlflow"],
+    }
+    record = EvaluationRecord(config.experiment_dir / EVALUATION_FILE, head)
     out(
-        f"evaluate {config.name}: {len(candidates)} trial(s) by val accuracy, {test.episodes} test episodes "
-        f"per setting ({', '.join(setting_key(w, s) for w, s in test.settings())})"
+        f"evaluate {config.name}: {len(candidates)} trial(s) by val accuracy"
+        + (f" and {len(baselines)} untrained" if baselines else "")
+        + f", {test.episodes} test episodes per setting ({', '.join(setting_key(w, s) for w, s in test.settings())})"
+        + (f"; keeping the scores of {record.kept} model(s) an earlier evaluate finished" if record.kept else "")
     )
     device = pick_device(config.device)
     test_split = store.split("test")
-    models = [_evaluate_trial(trial, test_split, config, device, out) for trial in candidates]
+    seconds = record.earlier_seconds()
+    jobs = [(trial, False) for trial in candidates] + [(trial, True) for trial in baselines]
+    try:
+        for trial, fresh in jobs:
+            model = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
+            if model["seconds"] is not None:  # something new was scored
+                tracking.log_metrics(client, model["run_id"], _metrics(model))
+            record.add(model)  # after MLflow: a model in the record has its metrics logged too
+    except KeyboardInterrupt:
+        out(
+            f"\ninterrupted: the {len(record.models)} model(s) scored are kept in {record.path}; "
+            "run `learn2tune evaluate` again to score the rest"
+        )
+        raise
+    models = [m for m in record.models if not m.get("untrained")]
     scored = [m for m in models if m["results"].get(primary)]
     if not scored:
         raise PipelineError(f"none of the evaluated models can score the primary setting {primary}")
@@ -82,23 +122,26 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
     # that can score the primary setting; the test figures of the others are reported only.
     winner = max(scored, key=lambda m: m["val_accuracy"])
     selection = f"the best validation accuracy among the trials that score {primary}"
-    evaluation = {
-        "experiment": config.name,
-        "dataset": search["dataset"],
-        "test_episodes": {"query": test.query, "episodes": test.episodes, "seed": config.seed},
-        "primary": primary,
-        "selection": selection,
-        "winner": winner["trial_id"],
-        "mlflow": search["mlflow"],
-        "models": models,
-    }
-    for model in models:
-        tracking.log_metrics(client, model["run_id"], _metrics(model))
     tracking.log_metrics(client, parent_run_id, _metrics(winner))
     client.set_tag(parent_run_id, "learn2tune.evaluated_winner", f"{winner['family']} trial {winner['trial_id']}")
-    write_json_atomic(config.experiment_dir / EVALUATION_FILE, evaluation)
+    evaluation = record.finish({"selection": selection, "winner": winner["trial_id"]})
     _print_summary(evaluation, out)
     return evaluation
+
+
+def untrained_trials(trials: list[dict[str, Any]], families: Sequence[str], experiment: str) -> list[dict[str, Any]]:
+    """The best finished trial (by validation accuracy) of each family in ``families``."""
+    chosen = []
+    for family in dict.fromkeys(families):
+        best = next((t for t in trials if t["family"] == family), None)  # trials are ranked best first
+        if best is None:
+            searched = ", ".join(sorted({t["family"] for t in trials})) or "none"
+            raise PipelineError(
+                f"--untrained {family}: experiment {experiment!r} has no finished {family} trial "
+                f"(families with one: {searched})"
+            )
+        chosen.append(best)
+    return chosen
 
 
 def select_trials(trials: list[dict[str, Any]], top_k: int, per_family: bool) -> list[dict[str, Any]]:
@@ -119,34 +162,76 @@ def tasks_per_batch(spec: EpisodeSpec) -> int:
     return max(1, IMAGES_PER_BATCH // (spec.ways * spec.images_per_class))
 
 
-def _evaluate_trial(trial: dict[str, Any], test_split, config: Config, device, out: Out) -> dict[str, Any]:
+def _evaluate_trial(
+    trial: dict[str, Any],
+    fresh: bool,
+    test_split,
+    config: Config,
+    device,
+    out: Out,
+    record: EvaluationRecord,
+    seconds: list[float],
+    stream: TextIO | None,
+) -> dict[str, Any]:
+    """One model's scores on every test setting, keeping those an earlier run left in ``record``.
+
+    ``fresh``: score the network the trial started from (same spec and seed), not its checkpoint.
+    ``seconds`` holds the scoring time of the models before it (for the slow-model warning).
+    """
     test = config.episodes.test
-    learner, _ = load_learner(trial["checkpoint"], device)
-    results: dict[str, Any] = {}
+    keys = ("trial_id", "run_id", "family", "params", "hparams", "val_accuracy", "best_iteration", "checkpoint")
+    model = {**{k: trial[k] for k in keys}, "untrained": fresh}
+    results = record.earlier_results(model_key(model))
+    label = f"{trial['family']} trial {trial['trial_id']}{' (untrained)' if fresh else ''}"
+    learner = untrained_learner(trial, config, device) if fresh else load_learner(trial["checkpoint"], device)[0]
+    todo = []
     for ways, shots in test.settings():
         try:
             learner.check_ways(ways)
         except ValueError as exc:
-            out(f"note: {trial['family']} trial {trial['trial_id']} skips {setting_key(ways, shots)}: {exc}")
+            out(f"note: {label} skips {setting_key(ways, shots)}: {exc}")
             continue
+        if setting_key(ways, shots) not in results:
+            todo.append((ways, shots))
+    progress = ScoringProgress(
+        label, len(todo) * test.episodes, out, stream, seconds, slow_hint=_adaptation_hint(trial["hparams"])
+    )
+    for ways, shots in todo:
         spec = EpisodeSpec(ways, shots, test.query)
         episodes = fixed_episodes(
             test_split, spec, test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
         )
-        accuracy, ci95 = mean_ci95(episode_accuracies(learner, episodes, device))
+        counted = progress.count(episodes, lambda batch: batch.tasks)
+        accuracy, ci95 = mean_ci95(episode_accuracies(learner, counted, device))
         results[setting_key(ways, shots)] = {
             "ways": ways, "shots": shots, "episodes": test.episodes, "accuracy": accuracy, "ci95": ci95
         }
-        out(f"  {trial['family']} trial {trial['trial_id']} {setting_key(ways, shots)}: {accuracy:.4f} ± {ci95:.4f}")
-    keys = ("trial_id", "run_id", "family", "params", "hparams", "val_accuracy", "best_iteration", "checkpoint")
-    return {**{k: trial[k] for k in keys}, "results": results}
+        out(f"  {label} {setting_key(ways, shots)}: {accuracy:.4f} ± {ci95:.4f}")
+    if todo:
+        seconds.append(progress.elapsed)
+    elif results:
+        out(f"  {label}: scored by an earlier evaluate on the same episodes (kept)")
+    return {**model, "results": results, "seconds": round(progress.elapsed, 3) if todo else None}
+
+
+def untrained_learner(trial: dict[str, Any], config: Config, device):
+    """The network ``trial`` started from: its checkpoint's spec, initialised with its seed."""
+    spec = json.loads((Path(trial["checkpoint"]) / SPEC_FILE).read_text())
+    return fresh_learner(spec, config.seed + trial["index"], device)
+
+
+def _adaptation_hint(hparams: dict[str, Any]) -> str:
+    """The test-time adaptation settings of a family (its ``*steps`` hyperparameters), for warnings."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(hparams.items()) if k.endswith("steps"))
 
 
 def _metrics(model: dict[str, Any]) -> dict[str, float]:
+    """``test_acc_<W>w<S>s`` / ``test_ci95_...``; ``untrained_test_...`` for an untrained network."""
+    prefix = "untrained_" if model.get("untrained") else ""
     metrics = {}
     for key, result in model["results"].items():
-        metrics[f"test_acc_{key}"] = result["accuracy"]
-        metrics[f"test_ci95_{key}"] = result["ci95"]
+        metrics[f"{prefix}test_acc_{key}"] = result["accuracy"]
+        metrics[f"{prefix}test_ci95_{key}"] = result["ci95"]
     return metrics
 
 
@@ -163,13 +248,15 @@ def _check_run_exists(client, run_id: str, config: Config) -> None:
 
 
 def _print_summary(evaluation: dict[str, Any], out: Out) -> None:
-    keys = list(dict.fromkeys(k for m in evaluation["models"] for k in m["results"]))
+    everything = evaluation["models"] + evaluation.get("untrained", [])
+    keys = list(dict.fromkeys(k for m in everything for k in m["results"]))
     rows = []
-    for model in evaluation["models"]:
+    for model in everything:
         cells = []
         for key in keys:
             result = model["results"].get(key)
             cells.append(f"{result['accuracy']:.4f} ± {result['ci95']:.4f}" if result else "skipped")
-        rows.append((model["trial_id"], model["family"], model["val_accuracy"], *cells))
+        family = f"{model['family']} (untrained)" if model.get("untrained") else model["family"]
+        rows.append((model["trial_id"], family, "" if model.get("untrained") else model["val_accuracy"], *cells))
     out("\n" + format_table(("trial", "family", "val acc", *(f"test {k}" for k in keys)), rows))
     out(f"winner: trial {evaluation['winner']} (chosen by {evaluation['selection']})")

@@ -53,6 +53,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     if state is None:
         _set_aside_previous(config.experiment_dir, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
+        tracking.log_dataset_report(client, state["parent_run_id"], store.manifest)
         write_json_atomic(config.experiment_dir / STATE_FILE, state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")

@@ -137,3 +137,14 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+DATASET_REPORT_ARTIFACT = "dataset_report.json"
+
+
+def log_dataset_report(client: MlflowClient, run_id: str, manifest: Mapping[str, Any]) -> None:
+    """The dataset's build report (files read and skipped, shape, channels, conversions) as an
+    artifact of ``run_id``; datasets built before reports existed have none to log."""
+    report = manifest.get("report")
+    if report:
+        client.log_dict(run_id, {"fingerprint": manifest["fingerprint"], **report}, DATASET_REPORT_ARTIFACT)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from learners.base import Learner
-from learners.checkpoint import build_learner, load_learner, save_learner
+from learners.checkpoint import fresh_learner, load_learner, save_learner
 from learners.registry import make_hparams
 from pipeline import tracking
 from pipeline.config import Config
@@ -84,15 +84,13 @@ def _initial_learner(
         with checkpoint.as_directory() as directory:
             learner, extra = load_learner(directory, device)
         return learner, int(extra["iteration"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
     spec = {
         "family": family,
         "hparams": dataclasses.asdict(hparams),
         "image_shape": list(image_shape),
         "ways": config.episodes.train.ways,
     }
-    return build_learner(spec, device), 0
+    return fresh_learner(spec, seed, device), 0  # evaluate --untrained rebuilds this very network
 
 
 def _train(

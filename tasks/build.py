@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,24 @@ from typing import Any
 import numpy as np
 
 from tasks import atomic
+from tasks.build_report import build_report, choose_channels, report_lines
+from tasks.decode import is_grey
 from tasks.errors import DatasetError
 from tasks.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, fingerprint, read_manifest, write_manifest
 from tasks.parquet_io import SplitWriter
 from tasks.preprocess import RESIZE_FILTER, prepare, rotated
 from tasks.source import ClassInfo, Source
+from tasks.split_check import EpisodeNeed, check_class_images, check_classes
 from tasks.splits import METHODS, SPLIT_NAMES, split_classes
 
 SOURCES = ("synthetic", "omniglot", "folder")
 _DEFAULT_COUNTS = {"omniglot": (172, 423)}  # (val, test): the Vinyals/ProtoNet 1200/423 split
 _FALLBACK_COUNTS = (0.15, 0.2)
 _DATASET_FILES = {MANIFEST_NAME, *(f"{name}.parquet" for name in SPLIT_NAMES)}
+CHANNELS = (1, 3, "auto")
+# Folder images are decoded by tasks.decode; bump when that changes what a file becomes, so
+# datasets built by an older decoder (16-bit PNGs stored as 255) get a new fingerprint.
+FOLDER_DECODER_VERSION = 2
 
 Progress = Callable[[str], None]
 
@@ -46,10 +54,11 @@ class BuildSpec:
     test_classes: int | float | None = None  # None -> omniglot 423, else 0.2
     rotations: bool = False  # add 90/180/270 degree copies as new classes
     image_size: int = 28
-    channels: int | None = None  # None -> 1 for omniglot/synthetic, 3 for folder
+    channels: int | str | None = None  # 1 | 3 | "auto"; None -> "auto" for folder, 1 for omniglot/synthetic
     seed: int = 0
     synthetic_classes: int = 400
     synthetic_images_per_class: int = 20
+    skip_unreadable: bool = False  # folder: skip (and count) files Pillow cannot read
 
     def resolved(self) -> BuildSpec:
         """This spec with every ``None`` default replaced by the source's value."""
@@ -58,7 +67,7 @@ class BuildSpec:
             self,
             val_classes=val if self.val_classes is None else self.val_classes,
             test_classes=test if self.test_classes is None and self.split == "random" else self.test_classes,
-            channels=(3 if self.source == "folder" else 1) if self.channels is None else self.channels,
+            channels=("auto" if self.source == "folder" else 1) if self.channels is None else self.channels,
         )
 
 
@@ -97,8 +106,10 @@ def validate_build_spec(spec: BuildSpec) -> None:
         raise ValueError(f"data.rotations must be true or false, got {spec.rotations!r}")
     if not _is_int(spec.image_size) or not 4 <= spec.image_size <= 1024:
         raise ValueError(f"data.image_size must be an int in [4, 1024], got {spec.image_size!r}")
-    if spec.channels not in (None, 1, 3) or isinstance(spec.channels, bool):
-        raise ValueError(f"data.channels must be 1, 3 or null (source default), got {spec.channels!r}")
+    if spec.channels not in (None, *CHANNELS) or isinstance(spec.channels, bool):
+        raise ValueError(f"data.channels must be 1, 3, auto or null (source default), got {spec.channels!r}")
+    if not isinstance(spec.skip_unreadable, bool):
+        raise ValueError(f"data.skip_unreadable must be true or false, got {spec.skip_unreadable!r}")
     if not _is_int(spec.seed):
         raise ValueError(f"data.seed must be an int, got {spec.seed!r}")
     for name, least in (("synthetic_classes", 3), ("synthetic_images_per_class", 2)):
@@ -111,12 +122,15 @@ def build_params(spec: BuildSpec) -> dict[str, Any]:
     """The settings that determine the dataset's content (hashed into the fingerprint).
 
     The path is left out (the source digest covers the content, wherever it lives), and so
-    are the synthetic-only settings for other sources.
+    are the synthetic-only settings for other sources and ``skip_unreadable`` (with it off, a
+    source with unreadable files builds nothing). Folder builds add the decoder's version.
     """
     params = dataclasses.asdict(spec.resolved())
-    del params["path"]
+    del params["path"], params["skip_unreadable"]
     if spec.source != "synthetic":
         del params["synthetic_classes"], params["synthetic_images_per_class"]
+    if spec.source == "folder":
+        params["decoder_version"] = FOLDER_DECODER_VERSION
     params["format_version"] = FORMAT_VERSION
     params["resize_filter"] = RESIZE_FILTER
     return params
@@ -131,14 +145,19 @@ def open_source(spec: BuildSpec, progress: Progress | None = None) -> Source:
     if spec.source == "folder":
         from tasks.folder import FolderSource
 
-        return FolderSource(spec.path or "")
+        return FolderSource(spec.path or "", skip_unreadable=spec.skip_unreadable)
     from tasks.synthetic import SyntheticSource
 
     return SyntheticSource(spec.synthetic_classes, spec.synthetic_images_per_class, spec.image_size, spec.seed)
 
 
 def build_dataset(
-    spec: BuildSpec, out_dir: str | Path, *, overwrite: bool = False, progress: Progress | None = None
+    spec: BuildSpec,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """Build the dataset ``spec`` describes into ``out_dir`` and return its manifest.
 
@@ -147,11 +166,13 @@ def build_dataset(
     a non-empty directory that is not a dataset is never touched. Raises :class:`DatasetError`
     for those refusals, for unreadable sources and for sources with too few classes to split
     as asked, ``ValueError`` for an invalid spec.
-    ``progress`` receives one-line status messages (pass ``print`` to see them).
+    ``progress`` receives one-line status messages (pass ``print`` to see them). ``needs`` are
+    the episodes each split must supply: a split that cannot is refused before anything is
+    published.
     """
     validate_build_spec(spec)
     with open_source(spec, progress) as source:
-        return write_dataset(source, spec, out_dir, overwrite=overwrite, progress=progress)
+        return write_dataset(source, spec, out_dir, overwrite=overwrite, progress=progress, needs=needs)
 
 
 def write_dataset(
@@ -161,6 +182,7 @@ def write_dataset(
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
+    needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """:func:`build_dataset` for an already opened ``source`` (``spec.source``/``path`` are
     only recorded)."""
@@ -176,12 +198,18 @@ def write_dataset(
         say(f"{out} already holds dataset {fp[:12]} (same source and settings): not rebuilding")
         return existing
     resolved = spec.resolved()
+    survey = source.survey()
+    channels, channels_reason = choose_channels(resolved.channels, survey)
+    resolved = dataclasses.replace(resolved, channels=channels)
     classes = source.classes()
     where = f"{source.kind} source{f' {source.location}' if source.location else ''}"
     try:
         split = split_classes(classes, resolved.split, resolved.val_classes, resolved.test_classes, resolved.seed)
     except ValueError as exc:  # the source has too few classes for the split the spec asks for
         raise DatasetError(f"{where}: {exc}") from None
+    counts = {"val_classes": spec.val_classes, "test_classes": spec.test_classes}
+    counts = {k: getattr(resolved, k) if v is None else v for k, v in counts.items()}
+    check_classes(needs, split, rotations=resolved.rotations, method=resolved.split, counts=counts, where=where)
     say(
         f"{where}: {len(classes)} classes -> "
         + ", ".join(f"{name} {len(members)}" for name, members in split.items())
@@ -189,12 +217,14 @@ def write_dataset(
     )
     staging = atomic.staging_dir(out)
     try:
-        image_shape = (resolved.channels or 1, resolved.image_size, resolved.image_size)
+        image_shape = (channels, resolved.image_size, resolved.image_size)
         ticker = _Ticker(sum(len(members) for _, members in split.items()), say)
-        splits = {
-            name: _write_split(source, members, staging / f"{name}.parquet", image_shape, resolved.rotations, ticker)
-            for name, members in split.items()
-        }
+        conversions: Counter[str] = Counter()
+        splits = {}
+        for name, members in split.items():
+            writer = _SplitWriting(source, image_shape, resolved.rotations, needs, where, conversions)
+            splits[name] = writer.write(name, members, staging / f"{name}.parquet", ticker)
+        report = build_report(survey, splits, image_shape, channels_reason, dict(conversions), resolved.rotations)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -205,6 +235,7 @@ def write_dataset(
             "source": {"kind": source.kind, "path": source.location, "digest": digest},
             "build": dataclasses.asdict(resolved),
             "splits": splits,
+            "report": report,
         }
         write_manifest(staging, manifest)
         try:
@@ -216,6 +247,8 @@ def write_dataset(
             manifest = raced
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once published
+    for line in report_lines(manifest.get("report") or report):
+        say(line)
     counts = (f"{n} {s['classes']} classes/{s['images']} images" for n, s in manifest["splits"].items())
     say(f"wrote {out}: " + ", ".join(counts))
     return manifest
@@ -288,38 +321,58 @@ class _Ticker:
             self._say(f"processed {self.done}/{self.total} classes ({round(100 * self.done / self.total)}%)")
 
 
-def _write_split(
-    source: Source,
-    members: list[ClassInfo],
-    path: Path,
-    image_shape: tuple[int, int, int],
-    rotations: bool,
-    ticker: _Ticker,
-) -> dict[str, Any]:
-    """Write one split file and return its manifest entry."""
-    channels, size, _ = image_shape
-    groups: list[str] = []
-    with SplitWriter(path, image_shape) as writer:
-        for info in members:
-            raw = source.images(info.key)
-            if not raw:
-                raise DatasetError(f"{source.kind} source class {info.key!r} has no images")
-            images = np.stack([prepare(image, size, channels) for image in raw])
-            for degrees, turned in rotated(images) if rotations else [(0, images)]:
-                writer.add_class(info.key if degrees == 0 else f"{info.key}/rot{degrees}", turned)
-                groups.append(info.group)
-            ticker.tick()
-    data = path.read_bytes()
-    counts = writer.class_counts
-    return {
-        "file": path.name,
-        "classes": len(counts),
-        "images": sum(counts),
-        "class_names": writer.class_names,
-        "class_groups": groups,
-        "class_counts": counts,
-        "min_images_per_class": min(counts),
-        "max_images_per_class": max(counts),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+class _SplitWriting:
+    """Writes the splits of one build, checking each class against the episodes its split must
+    supply and counting the conversions ``prepare`` applies (resizing, colour changes)."""
+
+    def __init__(
+        self,
+        source: Source,
+        image_shape: tuple[int, int, int],
+        rotations: bool,
+        needs: Sequence[EpisodeNeed],
+        where: str,
+        conversions: Counter[str],
+    ) -> None:
+        self.source, self.image_shape, self.rotations = source, image_shape, rotations
+        self.needs, self.where, self.conversions = needs, where, conversions
+
+    def write(self, name: str, members: list[ClassInfo], path: Path, ticker: _Ticker) -> dict[str, Any]:
+        """Write split ``name`` to ``path`` and return its manifest entry."""
+        channels, size, _ = self.image_shape
+        groups: list[str] = []
+        with SplitWriter(path, self.image_shape) as writer:
+            for info in members:
+                raw = self.source.images(info.key)
+                if not raw:
+                    raise DatasetError(f"{self.source.kind} source class {info.key!r} has no images")
+                check_class_images(self.needs, name, info.key, len(raw), self.where)
+                self._count(raw, size, channels)
+                images = np.stack([prepare(image, size, channels) for image in raw])
+                for degrees, turned in rotated(images) if self.rotations else [(0, images)]:
+                    writer.add_class(info.key if degrees == 0 else f"{info.key}/rot{degrees}", turned)
+                    groups.append(info.group)
+                ticker.tick()
+        data = path.read_bytes()
+        counts = writer.class_counts
+        return {
+            "file": path.name,
+            "classes": len(counts),
+            "images": sum(counts),
+            "class_names": writer.class_names,
+            "class_groups": groups,
+            "class_counts": counts,
+            "min_images_per_class": min(counts),
+            "max_images_per_class": max(counts),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+    def _count(self, raw: list[np.ndarray], size: int, channels: int) -> None:
+        for image in raw:
+            if image.shape[:2] != (size, size):
+                self.conversions[f"resized to {size}x{size}"] += 1
+            if channels == 1 and image.ndim == 3 and not is_grey(image):
+                self.conversions["colour to grey (ITU-R 601-2 luma)"] += 1
+            elif channels == 3 and image.ndim == 2:
+                self.conversions["grey to RGB (channel repeated)"] += 1

@@ -5,7 +5,8 @@ Layout (``format_version`` 1)::
     format, format_version, fingerprint, image_shape [C, H, W], image_layout "CHW",
     resize_filter, source {kind, path, digest}, build {the build settings, defaults resolved},
     splits {train|val|test: {file, classes, images, class_names, class_groups, class_counts,
-            min_images_per_class, max_images_per_class, bytes, sha256}}
+            min_images_per_class, max_images_per_class, bytes, sha256}},
+    report {the build report of tasks.build_report; absent from datasets built before it}
 
 The fingerprint is the sha256 of the source digest and the canonical JSON of the build
 parameters, so equal fingerprints mean equal datasets.

@@ -21,9 +21,10 @@ from tasks.store import SplitStore
 def check_episode(split: SplitStore, spec: EpisodeSpec) -> None:
     """Raise :class:`EpisodeError` if ``split`` cannot supply ``spec`` episodes."""
     if spec.ways > split.num_classes:
+        fewer = f"use ways <= {split.num_classes} or " if split.num_classes >= 2 else ""  # never 1-way
         raise EpisodeError(
             f"{spec.ways}-way episodes need {spec.ways} classes but split {split.name!r} has {split.num_classes}: "
-            f"use ways <= {split.num_classes} or build the dataset with more {split.name} classes"
+            f"{fewer}build the dataset with more {split.name} classes"
         )
     if spec.images_per_class > split.min_class_size:
         raise EpisodeError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar
 
@@ -18,6 +18,22 @@ class ClassInfo:
     key: str
     group: str
     partition: str | None = None
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What reading a source's files found, before anything is split or stored.
+
+    ``skipped``: reason -> the relative paths passed over for it; ``conversions``: how many
+    images each decoding conversion was applied to; ``colour``: the relative paths of images
+    that are not grey (three channels that differ somewhere).
+    """
+
+    files_seen: int
+    images_read: int
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    conversions: dict[str, int] = field(default_factory=dict)
+    colour: list[str] = field(default_factory=list)
 
 
 class Source(abc.ABC):
@@ -45,6 +61,11 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def digest(self) -> str:
         """A sha256 hex digest of the raw content: equal digests mean equal images."""
+
+    def survey(self) -> Survey | None:
+        """What reading the raw files found (a source of files reads them all once here); None for
+        sources whose images are generated or known grey."""
+        return None
 
     def close(self) -> None:
         """Release open files (nothing to release by default)."""

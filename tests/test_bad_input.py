@@ -218,6 +218,39 @@ MISTAKES = [
         image_folder(classes=10, images=3, broken="class3/1.png"),
     ),
     Mistake(
+        "source-folder-unreadable-skipped", "skips unreadable files (data.skip_unreadable), leaving a class one image",
+        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out --set data.skip_unreadable=true",
+        "image folder {tmp}/images: class 'class3' has only 1 image (1 of 10 classes have fewer than 2)",
+        image_folder(classes=10, images=2, broken="class3/1.png"),
+    ),
+    Mistake(
+        "source-folder-unreadable-hint", "has a file Pillow cannot read and does not skip unreadable files",
+        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "; remove it, or set data.skip_unreadable: true to skip and count such files",
+        image_folder(classes=10, images=3, broken="class3/1.png"),
+    ),
+    Mistake(
+        "build-split-too-small-for-ways", "builds 14 classes whose val split (2) is too small for 3-way episodes",
+        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "folder source {tmp}/images: split 'val' gets 2 classes but episodes.train (used for validation) asks for "
+        "3-way episodes: set data.val_classes to 3 or more (now 0.15) or lower episodes.train.ways to 2",
+        image_folder(classes=14, images=4),
+    ),
+    Mistake(
+        "build-split-too-small-one-class", "builds 7 classes: val and test get one each, too few for any episode",
+        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "split 'val' gets 1 class but episodes.train (used for validation) asks for 3-way episodes: lower "
+        "episodes.train.ways and episodes.test.ways to 2 and give val and test 2 classes each (data.val_classes, "
+        "data.test_classes), or add classes to the image source (the source's 7 classes are fewer than the 9",
+        image_folder(classes=7, images=4),
+    ),
+    Mistake(
+        "build-class-too-small-for-shots", "builds with test shots + query above the images each class has",
+        "learn2tune build -c {config} --out {tmp}/out --set episodes.test.shots=[5]",
+        "of split 'test' has 6 images but episodes.test asks for shots + query = 5 + 2 = 7 per class: "
+        "lower episodes.test.query or episodes.test.shots so that shots + query <= 6",
+    ),
+    Mistake(
         "source-build-over-another-dataset", "builds with other settings into an existing dataset's directory",
         "learn2tune build -c {config} --set data.synthetic_classes=31",
         "output {root}/dataset holds a different dataset (fingerprint",

@@ -57,6 +57,9 @@ def test_unknown_key_names_the_field_and_suggests(tmp_path):
         ("episodes.test.ways=[5, x]", "episodes.test.ways must be a non-empty list, each an integer >= 2, got [5, 'x']"),
         ("search.grace_iterations=500", "search.grace_iterations (500) must be <= search.max_iterations (400)"),
         ("search.checkpoint_every=75", "must be a multiple of search.eval_every (50)"),
+        ("search.grace_iterations=1.5", "search.grace_iterations must be a count of meta-iterations (an integer) or"),
+        ("data.channels=2", "data.channels must be null or one of 1, 3, 'auto', got 2"),
+        ("data.skip_unreadable=sometimes", "data.skip_unreadable must be true or false, got 'sometimes'"),
         ("episodes=3", "episodes must be a mapping, got 3"),
     ],
 )
@@ -128,3 +131,14 @@ def test_exponent_floats_read_as_numbers_as_in_yaml_1_2(tmp_path):
     config = load_config(tmp_path / "lr.yaml", cwd=tmp_path, environ={})
     assert config.search.fixed["maml"] == {"inner_lr": 0.001, "meta_lr": 20.0}
     assert parse_scalar("5e-4") == 0.0005 and parse_scalar("1e") == "1e"
+
+
+def test_grace_period_scales_with_max_iterations(tmp_path):
+    assert load(tmp_path).search.grace_iterations == 100  # a quarter of the default 400, as before
+    assert load(tmp_path, None, "search.max_iterations=60", "search.eval_every=10").search.grace_iterations == 15
+    assert load(tmp_path, None, "search.grace_iterations=0.5", "search.max_iterations=60",
+                "search.eval_every=10").search.grace_iterations == 30
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    assert load_config(quickstart, cwd=tmp_path, environ={}).search.grace_iterations == 100  # make run unchanged
+    small = load_config(quickstart, [("search.max_iterations", 60)], cwd=tmp_path, environ={})
+    assert small.search.grace_iterations == 20

@@ -77,6 +77,15 @@ def test_parent_run_has_one_nested_child_run_per_trial_with_curves_and_artifacts
         assert {"learning_curve.png", "trial.json", "checkpoint"} <= artifacts
 
 
+def test_parent_run_holds_the_dataset_build_report(pipeline_run, tmp_path):
+    root, client, evaluation = pipeline_run
+    path = client.download_artifacts(evaluation["mlflow"]["parent_run_id"], "dataset_report.json", str(tmp_path))
+    report = json.loads(open(path).read())
+    manifest = json.loads((root / "runs/datasets/e2e/manifest.json").read_text())
+    assert report == {"fingerprint": manifest["fingerprint"], **manifest["report"]}
+    assert report["channels"] == 1 and report["images_stored"] == 40 * 12 and evaluation["complete"] is True
+
+
 def test_evaluation_metrics_with_ci_are_on_the_parent_and_trial_runs(pipeline_run):
     _, client, evaluation = pipeline_run
     metrics = client.get_run(evaluation["mlflow"]["parent_run_id"]).data.metrics

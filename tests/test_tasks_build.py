@@ -166,6 +166,7 @@ CRASH_CONFIG = """\
 name: crash
 workdir: {root}/runs
 data: {{synthetic_classes: 800, synthetic_images_per_class: 10, dir: {root}/ds}}
+episodes: {{train: {{query: 5}}, test: {{query: 5}}}}
 """
 
 

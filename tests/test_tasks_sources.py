@@ -89,7 +89,7 @@ def test_folder_source_errors(tmp_path):
         FolderSource(tmp_path / "flat")
     _write_png(tmp_path / "single" / "cls" / "a.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(DatasetError, match="class 'cls' has only 1 image"):
-        FolderSource(tmp_path / "single")
+        FolderSource(tmp_path / "single").classes()  # checked once every file has been read
     _write_png(tmp_path / "bad" / "cls" / "a.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "bad" / "cls" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="broken.png"):
