@@ -31,14 +31,15 @@ def validate_build(config: Config) -> None:
 def build(config: Config, out: Callable[[str], None], overwrite: bool = False) -> dict[str, Any]:
     """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``."""
     validate_build(config)
-    manifest = build_dataset(build_spec(config.data), config.dataset_dir, overwrite=overwrite, progress=out)
+    manifest = build_dataset(build_spec(config.data), config.dataset_location, overwrite=overwrite, progress=out)
     out(f"dataset {config.dataset_dir} (fingerprint {manifest['fingerprint'][:12]})")
     return manifest
 
 
 def open_dataset(config: Config) -> DatasetStore:
-    """The dataset in ``config.dataset_dir``; DatasetError when it is missing or not a dataset."""
-    return DatasetStore.open(config.dataset_dir)
+    """The dataset in ``config.dataset_dir`` (a local path or a storage URI), as the driver and
+    every trial open it; DatasetError when it is missing or not a dataset."""
+    return DatasetStore.open(config.dataset_location)
 
 
 def check_search_episodes(store: DatasetStore, config: Config) -> None:

@@ -20,6 +20,7 @@ from pipeline.io import read_json, write_json_atomic
 from pipeline.scoring import episode_accuracies, mean_ci95
 from pipeline.search import RESULT_FILE
 from pipeline.table import format_table
+from tasks import storage
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
 
@@ -36,14 +37,14 @@ def setting_key(ways: int, shots: int) -> str:
 
 def read_search_result(config: Config) -> dict[str, Any]:
     return read_json(
-        config.experiment_dir / RESULT_FILE,
+        config.experiment_location.child(RESULT_FILE),
         f"no finished search for experiment {config.name!r}; run `learn2tune search` first",
     )
 
 
 def read_evaluation(config: Config) -> dict[str, Any]:
     return read_json(
-        config.experiment_dir / EVALUATION_FILE,
+        config.experiment_location.child(EVALUATION_FILE),
         f"experiment {config.name!r} has not been evaluated; run `learn2tune evaluate` first",
     )
 
@@ -96,7 +97,7 @@ def evaluate(config: Config, out: Out) -> dict[str, Any]:
         tracking.log_metrics(client, model["run_id"], _metrics(model))
     tracking.log_metrics(client, parent_run_id, _metrics(winner))
     client.set_tag(parent_run_id, "learn2tune.evaluated_winner", f"{winner['family']} trial {winner['trial_id']}")
-    write_json_atomic(config.experiment_dir / EVALUATION_FILE, evaluation)
+    write_json_atomic(config.experiment_location.child(EVALUATION_FILE), evaluation)
     _print_summary(evaluation, out)
     return evaluation
 
@@ -121,7 +122,7 @@ def tasks_per_batch(spec: EpisodeSpec) -> int:
 
 def _evaluate_trial(trial: dict[str, Any], test_split, config: Config, device, out: Out) -> dict[str, Any]:
     test = config.episodes.test
-    learner, _ = load_learner(trial["checkpoint"], device)
+    learner, _ = load_checkpoint(trial["checkpoint"], config, device)
     results: dict[str, Any] = {}
     for ways, shots in test.settings():
         try:
@@ -140,6 +141,13 @@ def _evaluate_trial(trial: dict[str, Any], test_split, config: Config, device, o
         out(f"  {trial['family']} trial {trial['trial_id']} {setting_key(ways, shots)}: {accuracy:.4f} ± {ci95:.4f}")
     keys = ("trial_id", "run_id", "family", "params", "hparams", "val_accuracy", "best_iteration", "checkpoint")
     return {**{k: trial[k] for k in keys}, "results": results}
+
+
+def load_checkpoint(uri: str, config: Config, device="cpu"):
+    """The learner (and extra state) of a trial checkpoint: a local path or a storage URI,
+    downloaded to a temporary directory first when remote."""
+    with storage.local_copy(storage.resolve(uri, config.storage.endpoint_url), "learn2tune-ckpt-") as directory:
+        return load_learner(directory, device)
 
 
 def _metrics(model: dict[str, Any]) -> dict[str, float]:
