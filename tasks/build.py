@@ -287,6 +287,8 @@ def _existing_dataset(out: Location, fp: str, overwrite: bool) -> dict[str, Any]
     entries = set(out.names())
     if not entries:
         return None
+    if not out.local and MANIFEST_NAME not in entries and entries <= _DATASET_FILES:
+        return None  # split files of a remote publish killed before its manifest: no dataset yet
     if MANIFEST_NAME not in entries or not entries <= _DATASET_FILES:
         raise DatasetError(
             f"output {out} is a non-empty directory that is not a learn2tune dataset "
