@@ -64,15 +64,19 @@ def start(command: list[str], log: Path, env: Mapping[str, str], cwd: Path | Non
         )
 
 
-def stop(process: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM the process group of ``process``, then SIGKILL what is left of it."""
+def stop(*processes: subprocess.Popen, grace: float = 8) -> None:
+    """SIGTERM the process groups of ``processes`` (all at once), then SIGKILL what is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        deadline = time.monotonic() + wait
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+    for process in processes:  # a group may outlive its leader
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(wait)
-    with contextlib.suppress(ProcessLookupError):  # the group may outlive its leader
-        os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def answers(url: str) -> bool:
@@ -213,8 +217,7 @@ def ray_cluster(root: Path, node_env: Mapping[str, str], workers: int = 2, gpus:
         ]
         yield cluster
     finally:
-        for process in reversed(processes):  # workers first, then the head
-            stop(process)
+        stop(*processes)
         for directory in temp_dirs:
             shutil.rmtree(directory, ignore_errors=True)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ episodes:
 search:
   families: [protonet]
   fixed: {{protonet: {{width: 8, train_ways: 0}}}}
-  trials: 4
+  trials: 2
   max_iterations: 4
   grace_iterations: 4
   eval_every: 2
@@ -66,7 +65,7 @@ class Driver:
         # With a searcher Tune keeps one trial pending at a time, and trials this short end before
         # a second node's worker has imported torch: the first node's reused actor would take
         # them all. Two pending trials start on both workers at once.
-        pending = {"TUNE_MAX_PENDING_TRIALS_PG": "2"}
+        pending = {"TUNE_MAX_PENDING_TRIALS_PG": "2"}  # = the trials: one on each worker
         return {**os.environ, **QUIET, **self.s3.environment(), **pending, "PYTHONPATH": str(REPO)}
 
     def command(self, *args: str) -> list[str]:
@@ -74,12 +73,14 @@ class Driver:
 
     def run(self, *args: str, timeout: float = 420) -> str:
         """``learn2tune ARGS`` to completion; its output (the test fails with it on a non-zero exit)."""
-        done = subprocess.run(
-            self.command(*args), cwd=self.directory, env=self.environment(), capture_output=True, text=True,
-            timeout=timeout,
-        )  # fmt: skip
-        assert done.returncode == 0, f"learn2tune {' '.join(args)} exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-        return done.stdout
+        log = self.directory / f"{args[0]}-{time.monotonic_ns()}.log"
+        process = start(self.command(*args), log, self.environment(), cwd=self.directory)
+        try:
+            code = process.wait(timeout)
+        finally:
+            stop(process)
+        assert code == 0, f"learn2tune {' '.join(args)} exited {code}:\n{tail(log, 60)}"
+        return log.read_text()
 
     def search_result(self, experiment: str) -> dict:
         return json.loads(self.s3.read(f"l2t/tune/{experiment}/search_result.json"))
@@ -99,7 +100,7 @@ def driver(tmp_path_factory, s3_server, mlflow_tracking_server, ray_nodes) -> Dr
 def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket(driver: Driver):
     result = driver.search_result("cluster")
     trials = result["trials"]
-    assert len(trials) == 4 and not any(t["error"] for t in trials)
+    assert len(trials) == 2 and not any(t["error"] for t in trials)
     assert {t["node_id"] for t in trials} == set(driver.cluster.worker_node_ids)
     assert all(t["checkpoint"].startswith(f"s3://{driver.s3.bucket}/l2t/tune/cluster/trial_") for t in trials)
 
@@ -121,7 +122,7 @@ def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket
     client = MlflowClient(driver.tracking)
     experiment = client.get_experiment_by_name("cluster")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}  # the parent and 4 trials
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # the parent and 2 trials
     artifacts = [k for k in keys if k.startswith("mlartifacts/")]
     for trial in trials:
         run_files = [k for k in artifacts if f"/{trial['run_id']}/artifacts/" in k]
@@ -132,6 +133,7 @@ def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket
     assert any(k.endswith(f"/{version.run_id}/artifacts/model/MLmodel") for k in artifacts)
 
 
+@pytest.mark.slow  # ~100 s on a shared 2-core machine: the default suite keeps run and serve
 def test_a_search_killed_with_sigkill_resumes_on_the_same_cluster(driver: Driver):
     args = ["search", str(driver.config), "--address", driver.cluster.address,
             *(a.format(bucket=driver.s3.bucket) for a in RESUMED)]  # fmt: skip
