@@ -17,8 +17,6 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from pipeline.errors import ConfigError
-from tasks import storage
-from tasks.storage import Location
 from pipeline.schema import (
     Boolean,
     Integer,
@@ -32,6 +30,8 @@ from pipeline.schema import (
     section,
     setting,
 )
+from tasks import storage
+from tasks.storage import Location
 
 NAME = Text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_' or '-'")
 

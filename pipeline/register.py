@@ -1,10 +1,10 @@
 """The register stage: the evaluated winner as an MLflow pyfunc model version, alias ``candidate``.
 
-Reads ``evaluation.json`` and the winner's checkpoint (from the storage URI); saves the :class:`deploy.fewshot_model.FewShotModel` (weights and
-learner spec as artifacts, the project's packages as code, so it loads without the project
-installed), logs it under the winning trial's run, registers it as ``registry.model_name``
-and tags the version with what it is and how it scored. Only an explicit MlflowClient is used
-(no fluent tracking-URI state).
+Reads ``evaluation.json`` and the winner's checkpoint (downloaded first from an object store);
+saves the :class:`deploy.fewshot_model.FewShotModel` (weights and learner spec as artifacts,
+the project's packages as code, so it loads without the project installed), logs it under the
+winning trial's run, registers it as ``registry.model_name`` and tags the version with what it
+is and how it scored. Only an explicit MlflowClient is used (no fluent tracking-URI state).
 """
 
 from __future__ import annotations

@@ -92,20 +92,16 @@ def _interrupted_search(experiment: Location) -> dict[str, str]:
     if experiment.child(RESULT_FILE).exists():
         raise PipelineError(f"the search in {experiment} already finished; nothing to resume")
     restorable = experiment.child(STATE_FILE).is_file() and Tuner.can_restore(
-        _tune_path(experiment), storage_filesystem=_tune_filesystem(experiment)
+        experiment.path, storage_filesystem=_tune_filesystem(experiment)
     )
     if not restorable:
         raise PipelineError(f"no interrupted search to resume in {experiment}")
     return read_json(experiment.child(STATE_FILE), "")
 
 
-def _tune_path(location: Location) -> str:
-    """The path Tune is given: the local path, or the path inside the object store."""
-    return location.path
-
-
 def _tune_filesystem(location: Location):
-    """Tune's ``storage_filesystem``: None for local paths (Tune's own default), else ours."""
+    """Tune's ``storage_filesystem`` beside ``location.path``: None for local paths (Tune's own
+    default), else the object store's."""
     return None if location.local else location.filesystem
 
 
@@ -177,7 +173,7 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
     experiment = config.experiment_location
     if resume:
         return tune.Tuner.restore(
-            _tune_path(experiment),
+            experiment.path,
             trainable=trainable,
             resume_errored=True,
             storage_filesystem=_tune_filesystem(experiment),
@@ -206,7 +202,7 @@ def _fit(config: Config, experiment_id: str, parent_run_id: str, resume: bool):
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=_tune_path(config.tune_location),
+            storage_path=config.tune_location.path,
             storage_filesystem=_tune_filesystem(config.tune_location),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # Every checkpoint is kept until the search ends: Tune saves its experiment state
@@ -231,7 +227,7 @@ def _failed_attempts(experiment: Location) -> dict[str, int | None]:
     return {
         t.trial_id: t.num_failures if t.status in ("TERMINATED", "ERROR") else None
         for t in ExperimentAnalysis(
-            _tune_path(experiment), storage_filesystem=_tune_filesystem(experiment)
+            experiment.path, storage_filesystem=_tune_filesystem(experiment)
         ).trials
     }
 

@@ -169,7 +169,7 @@ class Location:
         if self.local:
             os.replace(self.path, target.path)
             return
-        pafs.copy_files(self.path, target.path, source_filesystem=self.filesystem, destination_filesystem=self.filesystem)
+        pafs.copy_files(self.path, target.path, self.filesystem, self.filesystem)
         self.delete()
 
     def upload(self, local_dir: Path) -> None:
@@ -202,7 +202,9 @@ def local(path: str | Path) -> Location:
     return Location(str(given), pafs.LocalFileSystem(), given.absolute().as_posix())
 
 
-def resolve(uri: str | Path | Location, endpoint_url: str | None = None, environ: Mapping[str, str] | None = None) -> Location:
+def resolve(
+    uri: str | Path | Location, endpoint_url: str | None = None, environ: Mapping[str, str] | None = None
+) -> Location:
     """The Location ``uri`` names; :class:`StorageError` for a scheme that is not supported."""
     if isinstance(uri, Location):
         return uri
