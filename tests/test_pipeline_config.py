@@ -128,3 +128,18 @@ def test_exponent_floats_read_as_numbers_as_in_yaml_1_2(tmp_path):
     config = load_config(tmp_path / "lr.yaml", cwd=tmp_path, environ={})
     assert config.search.fixed["maml"] == {"inner_lr": 0.001, "meta_lr": 20.0}
     assert parse_scalar("5e-4") == 0.0005 and parse_scalar("1e") == "1e"
+
+
+def test_storage_uris_stay_uris_and_take_the_endpoint_from_the_environment(tmp_path):
+    config = load(tmp_path, None, "workdir=s3://bucket/l2t/", environ={"AWS_ENDPOINT_URL": "http://minio:9000"})
+    assert config.workdir == "s3://bucket/l2t" and config.data.dir == "s3://bucket/l2t/datasets/quickstart"
+    assert config.storage.endpoint_url == "http://minio:9000"  # resolved once, for nodes without the variable
+    assert config.experiment_location.uri == "s3://bucket/l2t/tune/quickstart"
+    assert config.experiment_location.path == "bucket/l2t/tune/quickstart" and not config.experiment_location.local
+    override = load(tmp_path, None, "storage.endpoint_url=http://s3.local", environ={"AWS_ENDPOINT_URL": "http://x"})
+    assert override.storage.endpoint_url == "http://s3.local"
+    assert error(tmp_path, None, "data.dir=hdfs://cluster/data") == (
+        "config error: data.dir: unsupported storage scheme 'hdfs' in 'hdfs://cluster/data'; "
+        "use a local path, s3://bucket/prefix or gs://bucket/prefix"
+    )
+    assert "names no bucket" in error(tmp_path, None, "workdir=s3:///l2t")
