@@ -217,7 +217,7 @@ def ray_cluster(root: Path, node_env: Mapping[str, str], workers: int = 2, gpus:
         ]
         yield cluster
     finally:
-        stop(*processes)
+        stop(*processes, grace=3)  # the nodes hold nothing to save
         for directory in temp_dirs:
             shutil.rmtree(directory, ignore_errors=True)
 

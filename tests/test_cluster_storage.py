@@ -151,8 +151,10 @@ def test_a_search_killed_with_sigkill_resumes_on_the_same_cluster(driver: Driver
         process.kill()  # SIGKILL: no handler runs
         process.wait()
     assert "search_result.json" not in {k.rsplit("/", 1)[1] for k in driver.s3.keys("l2t/tune/resumed/")}
+    killed = json.loads(driver.s3.read("l2t/tune/resumed/search_state.json"))
     driver.run(*args, "--resume")
     result = driver.search_result("resumed")
+    assert result["mlflow"]["parent_run_id"] == killed["parent_run_id"]  # the same search, finished
     assert len(result["trials"]) == 2 and not any(t["error"] for t in result["trials"])
     assert all(t["iterations"] == 60 for t in result["trials"])
     assert {t["node_id"] for t in result["trials"]} <= set(driver.cluster.worker_node_ids)
