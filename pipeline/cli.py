@@ -65,8 +65,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from learners.registry import HyperparamError, UnknownFamilyError
     from pipeline.errors import PipelineError
     from tasks.errors import DatasetError, EpisodeError
+    from tasks.storage import StorageError
 
-    return (PipelineError, DatasetError, EpisodeError, UnknownFamilyError, HyperparamError)
+    return (PipelineError, DatasetError, EpisodeError, StorageError, UnknownFamilyError, HyperparamError)
 
 
 # ---------------------------------------------------------------- commands
@@ -139,8 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     datasets.check_search_episodes(store, config)
     datasets.check_test_episodes(store, config)
     out("\n== search")
-    if args.resume and (config.experiment_dir / RESULT_FILE).is_file():
-        out(f"the search in {config.experiment_dir} already finished: going on to evaluate")
+    if args.resume and config.experiment_location.child(RESULT_FILE).is_file():
+        out(f"the search in {config.experiment_location} already finished: going on to evaluate")
     else:
         search(config, out, os.environ, resume=args.resume)
     out("\n== evaluate")
@@ -207,7 +208,18 @@ def _config(args: argparse.Namespace) -> Config:
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     overrides = [parse_assignment(text) for text in args.set] + _flag_overrides(args)
-    return load_config(path, overrides, cwd=Path.cwd(), environ=os.environ)
+    config = load_config(path, overrides, cwd=Path.cwd(), environ=os.environ)
+    check_storage(config)
+    return config
+
+
+def check_storage(config: Config) -> None:
+    """A missing bucket (or an unreachable endpoint) of ``workdir`` or ``data.dir``, before any stage writes."""
+    from tasks import storage
+
+    workdir = storage.resolve(config.workdir, config.storage.endpoint_url)
+    for field, location in (("workdir", workdir), ("data.dir", config.dataset_location)):
+        storage.check_bucket(location, field)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:

@@ -30,6 +30,8 @@ from pipeline.schema import (
     section,
     setting,
 )
+from tasks import storage
+from tasks.storage import Location
 
 DEFAULT_GRACE_FRACTION = 0.25  # of search.max_iterations (100 of the default 400)
 NAME = Text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_' or '-'")
@@ -125,6 +127,14 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Where remote ``workdir``/``data.dir`` URIs live: an S3-compatible endpoint (MinIO, moto...)."""
+
+    # null: AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else AWS itself
+    endpoint_url: str | None = setting(None, Optional(Text()))
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     model_name: str | None = setting(None, Optional(NAME))
     top_k: int = setting(1, Integer(1))
@@ -142,15 +152,34 @@ class Config:
     ray: RayConfig = section(RayConfig)
     tracking: TrackingConfig = section(TrackingConfig)
     registry: RegistryConfig = section(RegistryConfig)
+    storage: StorageConfig = section(StorageConfig)
     device: str = setting("auto", OneOf(("auto", "cpu", "cuda")))
 
     @property
-    def dataset_dir(self) -> Path:
-        return Path(self.data.dir)
+    def dataset_dir(self) -> str:
+        """The dataset directory as given: a local path or a storage URI."""
+        return self.data.dir
+
+    @property
+    def dataset_location(self) -> Location:
+        return storage.resolve(self.data.dir, self.storage.endpoint_url)
+
+    @property
+    def tune_location(self) -> Location:
+        """Where Tune keeps its experiments: ``<workdir>/tune``."""
+        return storage.resolve(self.workdir, self.storage.endpoint_url).child("tune")
+
+    @property
+    def experiment_location(self) -> Location:
+        """The Tune experiment directory: ``<workdir>/tune/<name>``."""
+        return self.tune_location.child(self.name)
 
     @property
     def experiment_dir(self) -> Path:
-        """The Tune experiment directory: ``<workdir>/tune/<name>``."""
+        """The Tune experiment directory of a local ``workdir`` (a remote one has no Path:
+        use :attr:`experiment_location`)."""
+        if storage.is_remote(self.workdir):
+            raise ValueError(f"workdir {self.workdir} is remote; use Config.experiment_location")
         return Path(self.workdir) / "tune" / self.name
 
     def as_dict(self) -> dict[str, Any]:
@@ -271,6 +300,11 @@ def _validate(config: Config) -> None:
             f"search.checkpoint_every ({search.checkpoint_every}) must be a multiple of "
             f"search.eval_every ({search.eval_every}): checkpoints are saved with val reports"
         )
+    for field, uri in (("workdir", config.workdir), ("data.dir", config.data.dir)):
+        try:
+            storage.check_scheme(uri or "", field)
+        except storage.StorageError as exc:
+            raise ConfigError(str(exc)) from None
     if search.resources.gpu > 0 and config.device == "cpu":
         raise ConfigError(f"search.resources.gpu is {search.resources.gpu:g} but device is 'cpu'")
     _validate_families(search)
@@ -331,12 +365,12 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
     """Fill derived defaults and make every path absolute."""
     from learners.registry import family_names
 
-    workdir = _absolute(config.workdir, cwd)
+    workdir = _absolute_storage(config.workdir, cwd)
     data = config.data
     data = dataclasses.replace(
         data,
         path=str(_absolute(data.path, cwd)) if data.path is not None else None,
-        dir=str(_absolute(data.dir, cwd) if data.dir else workdir / "datasets" / config.name),
+        dir=_absolute_storage(data.dir, cwd) if data.dir else f"{workdir}/datasets/{config.name}",
         seed=config.seed if data.seed is None else data.seed,
     )
     families = tuple(family_names()) if config.search.families == ("all",) else config.search.families
@@ -349,14 +383,27 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
         experiment=config.tracking.experiment or config.name,
     )
     registry = dataclasses.replace(config.registry, model_name=config.registry.model_name or config.name)
+    # Resolved on the driver, so trials on nodes without these variables reach the same endpoint.
+    endpoint = storage.endpoint(config.storage.endpoint_url, environ)
     return dataclasses.replace(
-        config, workdir=str(workdir), data=data, search=search, tracking=tracking, registry=registry
+        config,
+        workdir=workdir,
+        data=data,
+        search=search,
+        tracking=tracking,
+        registry=registry,
+        storage=dataclasses.replace(config.storage, endpoint_url=endpoint),
     )
 
 
 def _absolute(path: str, cwd: Path) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else cwd / p
+
+
+def _absolute_storage(where: str, cwd: Path) -> str:
+    """A storage URI as is (without a trailing ``/``), a local path made absolute."""
+    return where.rstrip("/") if storage.is_remote(where) else str(_absolute(where, cwd))
 
 
 def _absolute_uri(uri: str, cwd: Path) -> str:

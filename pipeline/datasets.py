@@ -34,7 +34,11 @@ def build(config: Config, out: Callable[[str], None], overwrite: bool = False) -
     split too small for the configured episodes is refused before anything is written."""
     validate_build(config)
     manifest = build_dataset(
-        build_spec(config.data), config.dataset_dir, overwrite=overwrite, progress=out, needs=episode_needs(config)
+        build_spec(config.data),
+        config.dataset_location,
+        overwrite=overwrite,
+        progress=out,
+        needs=episode_needs(config),
     )
     out(f"dataset {config.dataset_dir} (fingerprint {manifest['fingerprint'][:12]})")
     return manifest
@@ -51,8 +55,9 @@ def episode_needs(config: Config) -> list[EpisodeNeed]:
 
 
 def open_dataset(config: Config) -> DatasetStore:
-    """The dataset in ``config.dataset_dir``; DatasetError when it is missing or not a dataset."""
-    return DatasetStore.open(config.dataset_dir)
+    """The dataset in ``config.dataset_dir`` (a local path or a storage URI), as the driver and
+    every trial open it; DatasetError when it is missing or not a dataset."""
+    return DatasetStore.open(config.dataset_location)
 
 
 def check_search_episodes(store: DatasetStore, config: Config) -> None:

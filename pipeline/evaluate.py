@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
@@ -27,6 +26,7 @@ from pipeline.scoring import episode_accuracies, mean_ci95
 from pipeline.scoring_progress import ScoringProgress
 from pipeline.search import RESULT_FILE
 from pipeline.table import format_table
+from tasks import storage
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
 
@@ -43,14 +43,14 @@ def setting_key(ways: int, shots: int) -> str:
 
 def read_search_result(config: Config) -> dict[str, Any]:
     return read_json(
-        config.experiment_dir / RESULT_FILE,
+        config.experiment_location.child(RESULT_FILE),
         f"no finished search for experiment {config.name!r}; run `learn2tune search` first",
     )
 
 
 def read_evaluation(config: Config) -> dict[str, Any]:
     """The finished evaluation of ``config``'s experiment (an unfinished one is an error)."""
-    path = config.experiment_dir / EVALUATION_FILE
+    path = config.experiment_location.child(EVALUATION_FILE)
     record = read_json(path, f"experiment {config.name!r} has not been evaluated; run `learn2tune evaluate` first")
     return check_complete(record, path)
 
@@ -91,7 +91,7 @@ def evaluate(
         "primary": primary,
         "mlflow": search["mlflow"],
     }
-    record = EvaluationRecord(config.experiment_dir / EVALUATION_FILE, head)
+    record = EvaluationRecord(config.experiment_location.child(EVALUATION_FILE), head)
     out(
         f"evaluate {config.name}: {len(candidates)} trial(s) by val accuracy"
         + (f" and {len(baselines)} untrained" if baselines else "")
@@ -183,7 +183,10 @@ def _evaluate_trial(
     model = {**{k: trial[k] for k in keys}, "untrained": fresh}
     results = record.earlier_results(model_key(model))
     label = f"{trial['family']} trial {trial['trial_id']}{' (untrained)' if fresh else ''}"
-    learner = untrained_learner(trial, config, device) if fresh else load_learner(trial["checkpoint"], device)[0]
+    if fresh:
+        learner = untrained_learner(trial, config, device)
+    else:
+        learner, _ = load_checkpoint(trial["checkpoint"], config, device)
     todo = []
     for ways, shots in test.settings():
         try:
@@ -216,13 +219,21 @@ def _evaluate_trial(
 
 def untrained_learner(trial: dict[str, Any], config: Config, device):
     """The network ``trial`` started from: its checkpoint's spec, initialised with its seed."""
-    spec = json.loads((Path(trial["checkpoint"]) / SPEC_FILE).read_text())
+    checkpoint = storage.resolve(trial["checkpoint"], config.storage.endpoint_url)
+    spec = json.loads(checkpoint.child(SPEC_FILE).read_bytes())
     return fresh_learner(spec, config.seed + trial["index"], device)
 
 
 def _adaptation_hint(hparams: dict[str, Any]) -> str:
     """The test-time adaptation settings of a family (its ``*steps`` hyperparameters), for warnings."""
     return ", ".join(f"{k} {v}" for k, v in sorted(hparams.items()) if k.endswith("steps"))
+
+
+def load_checkpoint(uri: str, config: Config, device="cpu"):
+    """The learner (and extra state) of a trial checkpoint: a local path or a storage URI,
+    downloaded to a temporary directory first when remote."""
+    with storage.local_copy(storage.resolve(uri, config.storage.endpoint_url), "learn2tune-ckpt-") as directory:
+        return load_learner(directory, device)
 
 
 def _metrics(model: dict[str, Any]) -> dict[str, float]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.io import write_json_atomic
+from tasks.storage import Location
 
 
 def model_key(model: dict[str, Any]) -> tuple[str, str, bool]:
@@ -24,7 +25,7 @@ def model_key(model: dict[str, Any]) -> tuple[str, str, bool]:
 class EvaluationRecord:
     """The models scored so far on one test protocol, written to ``path`` after each one."""
 
-    def __init__(self, path: Path, head: dict[str, Any]) -> None:
+    def __init__(self, path: Path | Location, head: dict[str, Any]) -> None:
         self.path, self.head = path, head
         self.models: list[dict[str, Any]] = []
         self._earlier = {model_key(m): m for m in _earlier_models(path, head)}
@@ -65,7 +66,7 @@ def protocol(record: dict[str, Any]) -> tuple[Any, ...]:
     return (record["dataset"]["fingerprint"], json.dumps(record["test_episodes"], sort_keys=True))
 
 
-def check_complete(record: dict[str, Any], path: Path) -> dict[str, Any]:
+def check_complete(record: dict[str, Any], path: Path | Location) -> dict[str, Any]:
     """``record`` if it is a finished evaluation; a one-line error naming what is missing otherwise."""
     if record.get("complete", True):
         return record
@@ -76,9 +77,9 @@ def check_complete(record: dict[str, Any], path: Path) -> dict[str, Any]:
     )
 
 
-def _earlier_models(path: Path, head: dict[str, Any]) -> list[dict[str, Any]]:
+def _earlier_models(path: Path | Location, head: dict[str, Any]) -> list[dict[str, Any]]:
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_bytes())
     except (FileNotFoundError, json.JSONDecodeError):
         return []
     same = (

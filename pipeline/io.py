@@ -1,4 +1,8 @@
-"""Small file helpers: atomic text and JSON writes, and JSON reads with one-line errors."""
+"""Small file helpers: atomic text and JSON writes, and JSON reads with one-line errors.
+
+The JSON helpers take a local ``Path`` or a storage ``Location`` (``s3://...``: one PUT,
+which object stores make atomic).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from tasks.storage import Location
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path | Location, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temp file and rename: never half a file."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if isinstance(path, Location):
+        path.write_bytes(text.encode())
+    else:
+        write_text_atomic(path, text)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -29,10 +38,10 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def read_json(path: Path, missing_hint: str) -> Any:
+def read_json(path: Path | Location, missing_hint: str) -> Any:
     """The JSON in ``path``; a PipelineError with ``missing_hint`` when it does not exist."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode())
     except FileNotFoundError:
         raise PipelineError(f"{path} does not exist; {missing_hint}") from None
     except json.JSONDecodeError as exc:

@@ -1,10 +1,10 @@
 """The register stage: the evaluated winner as an MLflow pyfunc model version, alias ``candidate``.
 
-Reads ``evaluation.json``; saves the :class:`deploy.fewshot_model.FewShotModel` (weights and
-learner spec as artifacts, the project's packages as code, so it loads without the project
-installed), logs it under the winning trial's run, registers it as ``registry.model_name``
-and tags the version with what it is and how it scored. Only an explicit MlflowClient is used
-(no fluent tracking-URI state).
+Reads ``evaluation.json`` and the winner's checkpoint (downloaded first from an object store);
+saves the :class:`deploy.fewshot_model.FewShotModel` (weights and learner spec as artifacts,
+the project's packages as code, so it loads without the project installed), logs it under the
+winning trial's run, registers it as ``registry.model_name`` and tags the version with what it
+is and how it scored. Only an explicit MlflowClient is used (no fluent tracking-URI state).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import read_evaluation
+from tasks import storage
 
 ALIAS = "candidate"
 MODEL_ARTIFACT_PATH = "model"
@@ -35,18 +36,22 @@ def register(config: Config, out: Out) -> dict[str, Any]:
     """Register the evaluation's winner; returns name, version, alias and model URI."""
     evaluation = read_evaluation(config)
     winner = next(m for m in evaluation["models"] if m["trial_id"] == evaluation["winner"])
-    checkpoint = Path(winner["checkpoint"])
-    if not (checkpoint / SPEC_FILE).is_file() or not (checkpoint / WEIGHTS_FILE).is_file():
-        raise PipelineError(f"the winner's checkpoint {checkpoint} is missing {SPEC_FILE} or {WEIGHTS_FILE}")
-    learner, _ = load_learner(checkpoint)
+    location = storage.resolve(winner["checkpoint"], config.storage.endpoint_url)
+    missing = f"the winner's checkpoint {location} is missing {SPEC_FILE} or {WEIGHTS_FILE}"
+    if not location.is_dir():
+        raise PipelineError(missing)
     client = tracking.make_client(config.tracking.uri)
     primary = winner["results"][evaluation["primary"]]
     name = config.registry.model_name
 
-    with tempfile.TemporaryDirectory(prefix="learn2tune-model-") as tmp:
-        model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
-        save_pyfunc_model(checkpoint, learner, model_dir)
-        client.log_artifacts(winner["run_id"], str(model_dir), MODEL_ARTIFACT_PATH)
+    with storage.local_copy(location, "learn2tune-ckpt-") as checkpoint:  # downloaded when remote
+        if not (checkpoint / SPEC_FILE).is_file() or not (checkpoint / WEIGHTS_FILE).is_file():
+            raise PipelineError(missing)
+        learner, _ = load_learner(checkpoint)
+        with tempfile.TemporaryDirectory(prefix="learn2tune-model-") as tmp:
+            model_dir = Path(tmp) / MODEL_ARTIFACT_PATH
+            save_pyfunc_model(checkpoint, learner, model_dir)
+            client.log_artifacts(winner["run_id"], str(model_dir), MODEL_ARTIFACT_PATH)
     tags = {
         "family": winner["family"],
         "trial_id": winner["trial_id"],

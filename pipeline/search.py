@@ -2,6 +2,7 @@
 
 Reads the dataset directory (and with ``search.data: object-store`` puts the trials' splits
 into Ray's object store once); writes the Tune experiment directory ``<workdir>/tune/<name>``
+(a local path or a storage URI: Tune gets ``storage_path`` and ``storage_filesystem``)
 with ``search_result.json`` (every trial, best first, with its checkpoint and MLflow run),
 which is all the evaluate stage needs. MLflow gets one parent run per search, one nested
 child run per trial (created by the trial itself), and the best trials on the parent.
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from learners.registry import make_hparams
@@ -23,9 +22,10 @@ from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, erro
 from pipeline.io import read_json, write_json_atomic
 from pipeline.plots import learning_curve
 from pipeline.ray_runtime import check_trial_resources, connect
-from pipeline.space import FAMILY_KEY, INDEX_KEY, define_by_run, trial_hparams
+from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
+from tasks.storage import Location
 
 RESULT_FILE = "search_result.json"
 STATE_FILE = "search_state.json"  # the MLflow parent run of the search, for --resume
@@ -43,7 +43,8 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     """Run the sweep ``config`` describes (or finish an interrupted one); returns and writes the result."""
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
-    state = _interrupted_search(config.experiment_dir) if resume else None
+    experiment = config.experiment_location
+    state = _interrupted_search(experiment) if resume else None
     connect(config.ray.address, environ)
     check_trial_resources(config.search.resources)
     shared = share_dataset(store) if config.search.data == "object-store" else None
@@ -51,10 +52,10 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     # Everything is validated: from here on the stage writes.
     client = tracking.make_client(config.tracking.uri)
     if state is None:
-        _set_aside_previous(config.experiment_dir, client, out)
+        _set_aside_previous(experiment, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
         tracking.log_dataset_report(client, state["parent_run_id"], store.manifest)
-        write_json_atomic(config.experiment_dir / STATE_FILE, state)
+        write_json_atomic(experiment.child(STATE_FILE), state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
     experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
@@ -65,7 +66,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     status = "FAILED"
     try:
         grid = _fit(config, shared, experiment_id, parent_run_id, resume)
-        attempts = _failed_attempts(config.experiment_dir)
+        attempts = _failed_attempts(experiment)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
             raise SearchInterrupted(
@@ -74,7 +75,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
             )
         trials = _finish_trials(grid, client, experiment_id, parent_run_id, config, attempts)
         result = _search_result(config, store.fingerprint, experiment_id, parent_run_id, trials)
-        write_json_atomic(config.experiment_dir / RESULT_FILE, result)
+        write_json_atomic(experiment.child(RESULT_FILE), result)
         _log_on_parent(client, parent_run_id, result)
         _print_summary(result, out)
         if not result["trials"] or all(t["error"] for t in result["trials"]):
@@ -88,15 +89,24 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
         _close_open_runs(client, experiment_id, parent_run_id, status)
 
 
-def _interrupted_search(experiment_dir: Path) -> dict[str, str]:
-    """The MLflow ids of the interrupted search in ``experiment_dir``; an error when there is none."""
+def _interrupted_search(experiment: Location) -> dict[str, str]:
+    """The MLflow ids of the interrupted search in ``experiment``; an error when there is none."""
     from ray.tune import Tuner
 
-    if (experiment_dir / RESULT_FILE).exists():
-        raise PipelineError(f"the search in {experiment_dir} already finished; nothing to resume")
-    if not (experiment_dir / STATE_FILE).is_file() or not Tuner.can_restore(str(experiment_dir)):
-        raise PipelineError(f"no interrupted search to resume in {experiment_dir}")
-    return read_json(experiment_dir / STATE_FILE, "")
+    if experiment.child(RESULT_FILE).exists():
+        raise PipelineError(f"the search in {experiment} already finished; nothing to resume")
+    restorable = experiment.child(STATE_FILE).is_file() and Tuner.can_restore(
+        experiment.path, storage_filesystem=_tune_filesystem(experiment)
+    )
+    if not restorable:
+        raise PipelineError(f"no interrupted search to resume in {experiment}")
+    return read_json(experiment.child(STATE_FILE), "")
+
+
+def _tune_filesystem(location: Location):
+    """Tune's ``storage_filesystem`` beside ``location.path``: None for local paths (Tune's own
+    default), else the object store's."""
+    return None if location.local else location.filesystem
 
 
 def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str]:
@@ -108,7 +118,7 @@ def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str
         f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",  # experiments may hold several searches
         {
             tracking.ROLE_TAG: "search",
-            "learn2tune.experiment_dir": str(config.experiment_dir),
+            "learn2tune.experiment_dir": str(config.experiment_location),
             "learn2tune.dataset_fingerprint": fingerprint,
             "learn2tune.families": ",".join(config.search.families),
         },
@@ -118,26 +128,29 @@ def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str
     return {"experiment_id": experiment_id, "parent_run_id": parent_run_id}
 
 
-def _set_aside_previous(experiment_dir: Path, client, out: Out) -> None:
+def _set_aside_previous(experiment: Location, client, out: Out) -> None:
     """Move an earlier search of the same name aside (``<name>-<time>``): nothing is deleted.
 
     If that search was killed before it could end its MLflow runs (SIGKILL, a lost node) and is
     now abandoned rather than resumed, its runs still RUNNING are ended KILLED first.
     """
-    if not experiment_dir.exists():
+    if not experiment.exists():
         return
-    state_file = experiment_dir / STATE_FILE
-    if state_file.is_file() and not (experiment_dir / RESULT_FILE).exists():
+    state_file = experiment.child(STATE_FILE)
+    if state_file.is_file() and not experiment.child(RESULT_FILE).exists():
         state = read_json(state_file, "")
         _close_open_runs(client, state["experiment_id"], state["parent_run_id"], "KILLED")
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(experiment_dir.stat().st_mtime))
-    target = experiment_dir.with_name(f"{experiment_dir.name}-{stamp}")
+    # Object stores keep no times for directories: there the state file's time stands in.
+    stamped = experiment if experiment.local or not state_file.is_file() else state_file
+    mtime = stamped.filesystem.get_file_info(stamped.path).mtime
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(mtime.timestamp() if mtime else time.time()))
+    target = experiment.sibling(f"{experiment.name}-{stamp}")
     copies = 0
     while target.exists():
         copies += 1
-        target = experiment_dir.with_name(f"{experiment_dir.name}-{stamp}-{copies}")
-    os.replace(experiment_dir, target)
-    out(f"note: the previous search in {experiment_dir} was moved to {target}")
+        target = experiment.sibling(f"{experiment.name}-{stamp}-{copies}")
+    experiment.move_to(target)
+    out(f"note: the previous search in {experiment} was moved to {target}")
 
 
 def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, parent_run_id: str, resume: bool):
@@ -161,8 +174,14 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
         tune.with_parameters(train_trial, context=context),
         {"cpu": search.resources.cpu, "gpu": search.resources.gpu},
     )
+    experiment = config.experiment_location
     if resume:
-        return tune.Tuner.restore(str(config.experiment_dir), trainable=trainable, resume_errored=True).fit()
+        return tune.Tuner.restore(
+            experiment.path,
+            trainable=trainable,
+            resume_errored=True,
+            storage_filesystem=_tune_filesystem(experiment),
+        ).fit()
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -187,7 +206,8 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=str(Path(config.workdir) / "tune"),
+            storage_path=config.tune_location.path,
+            storage_filesystem=_tune_filesystem(config.tune_location),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             # Every checkpoint is kept until the search ends: Tune saves its experiment state
             # only every few seconds, so after a SIGKILL it may name a checkpoint that a
@@ -200,7 +220,7 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
     return tuner.fit()
 
 
-def _failed_attempts(experiment_dir: Path) -> dict[str, int | None]:
+def _failed_attempts(experiment: Location) -> dict[str, int | None]:
     """Trial id -> failed attempts, from Tune's saved state; ``None`` for a trial not finished.
 
     Only the saved state (what ``--resume`` restores) tells an interrupted search from a
@@ -210,7 +230,9 @@ def _failed_attempts(experiment_dir: Path) -> dict[str, int | None]:
 
     return {
         t.trial_id: t.num_failures if t.status in ("TERMINATED", "ERROR") else None
-        for t in ExperimentAnalysis(str(experiment_dir)).trials
+        for t in ExperimentAnalysis(
+            experiment.path, storage_filesystem=_tune_filesystem(experiment)
+        ).trials
     }
 
 
@@ -223,13 +245,15 @@ def _finish_trials(
 ) -> list[dict[str, Any]]:
     """One record per trial; each child run gets its artifacts and a final status."""
     runs = tracking.child_runs(client, experiment_id, parent_run_id)
+    experiment = config.experiment_location
     trials = []
     for result in grid:
-        trial_id = Path(result.path).name.removeprefix("trial_")
+        trial_dir = experiment.at(result.path)
+        trial_id = trial_dir.name.removeprefix("trial_")
         run = runs.get(trial_id)
-        record = _trial_record(result, trial_id, run.info.run_id if run else None, config)
+        record = _trial_record(result, trial_id, run.info.run_id if run else None, trial_dir, config)
         record["failed_attempts"] = attempts.get(trial_id) or 0
-        _prune_checkpoints(Path(result.path), keep={record["checkpoint"], record["final_checkpoint"]})
+        _prune_checkpoints(trial_dir, keep={record["checkpoint"], record["final_checkpoint"]})
         if run is not None:
             _log_trial_artifacts(client, record, result, chance=1 / config.episodes.train.ways)
             client.set_terminated(run.info.run_id, "FAILED" if record["error"] else "FINISHED")
@@ -240,7 +264,8 @@ def _finish_trials(
     return trials
 
 
-def _trial_record(result, trial_id: str, run_id: str | None, config: Config) -> dict[str, Any]:
+def _trial_record(result, trial_id: str, run_id: str | None, trial_dir: Location, config: Config) -> dict[str, Any]:
+    """What evaluate needs of one trial; checkpoints as local paths or storage URIs."""
     family = result.config[FAMILY_KEY]
     params = trial_hparams(result.config, config.search.fixed)
     best = max(result.best_checkpoints or [], key=lambda pair: pair[1].get(METRIC, -1.0), default=None)
@@ -254,18 +279,19 @@ def _trial_record(result, trial_id: str, run_id: str | None, config: Config) -> 
         "val_accuracy": best[1][METRIC] if best else None,
         "best_iteration": best[1]["iteration"] if best else None,
         "iterations": (result.metrics or {}).get("iteration", 0),
-        "checkpoint": best[0].path if best else None,
-        "final_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": trial_dir.at(best[0].path).uri if best else None,
+        "final_checkpoint": trial_dir.at(result.checkpoint.path).uri if result.checkpoint else None,
+        "node_id": (result.metrics or {}).get(NODE_KEY),
         "error": error_reason(result.error) if result.error else None,
     }
 
 
-def _prune_checkpoints(trial_dir: Path, keep: set[str | None]) -> None:
+def _prune_checkpoints(trial_dir: Location, keep: set[str | None]) -> None:
     """Delete a finished trial's checkpoints except its best and its last."""
-    kept = {Path(path).resolve() for path in keep if path}
-    for checkpoint in trial_dir.glob("checkpoint_*"):
-        if checkpoint.resolve() not in kept:
-            shutil.rmtree(checkpoint)
+    kept = {path.rstrip("/").rsplit("/", 1)[-1] for path in keep if path}
+    for name in trial_dir.names():
+        if name.startswith("checkpoint_") and name not in kept:
+            trial_dir.child(name).delete()
 
 
 def _log_trial_artifacts(client, record: dict[str, Any], result, chance: float) -> None:
@@ -278,7 +304,8 @@ def _log_trial_artifacts(client, record: dict[str, Any], result, chance: float) 
         title = f"{record['family']} trial {record['trial_id']}"
         client.log_figure(run_id, learning_curve(curves, title, chance), "learning_curve.png")
     if result.checkpoint is not None:
-        client.log_artifacts(run_id, result.checkpoint.path, "checkpoint")
+        with result.checkpoint.as_directory() as directory:  # downloaded first from an object store
+            client.log_artifacts(run_id, directory, "checkpoint")
 
 
 def _search_result(
@@ -287,7 +314,7 @@ def _search_result(
     train = config.episodes.train
     return {
         "experiment": config.name,
-        "experiment_dir": str(config.experiment_dir),
+        "experiment_dir": str(config.experiment_location),
         "metric": METRIC,
         "dataset": {"dir": str(config.dataset_dir), "fingerprint": fingerprint},
         "val_episodes": {

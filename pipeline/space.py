@@ -20,6 +20,7 @@ from learners.space import Choice, Distribution, Float, Int
 
 FAMILY_KEY = "family"
 INDEX_KEY = "trial_index"
+NODE_KEY = "node_id"  # reported by every trial: the Ray node it ran on
 
 
 @dataclass(frozen=True)

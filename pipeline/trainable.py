@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from mlflow import MlflowClient
+import ray
 from ray import tune
 
 from learners.base import Learner
@@ -26,7 +27,7 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.scoring import episode_accuracies
-from pipeline.space import FAMILY_KEY, INDEX_KEY, trial_hparams
+from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, trial_hparams
 from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
@@ -65,7 +66,7 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
         params = {"family": family, "seed": seed, **dataclasses.asdict(hparams)}
         tracking.log_params(client, run_id, params)
     try:  # a failure from here on, even building the learner (out of memory), ends the run FAILED
-        store = trial_dataset(config, context.shared)
+        store = trial_dataset(config, context.shared)  # never the driver's disk
         learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device)
         if start:
             client.set_tag(run_id, RESTORED_TAG, str(start))
@@ -115,6 +116,7 @@ def _train(
     sampler = EpisodeSampler(train_split, spec, tasks=episodes.meta_batch, seed=sampler_seed)
     val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
     device = learner.device
+    node = {NODE_KEY: ray.get_runtime_context().get_node_id()}
     window: list[dict[str, float]] = []
     for iteration in range(start + 1, search.max_iterations + 1):
         window.append(learner.meta_train_step(sampler.sample().to(device)))
@@ -135,6 +137,8 @@ def _train(
         if iteration % search.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
                 save_learner(learner, directory, {"iteration": iteration})
-                tune.report({**metrics, FAMILY_KEY: family}, checkpoint=tune.Checkpoint.from_directory(directory))
+                tune.report(
+                    {**metrics, FAMILY_KEY: family, **node}, checkpoint=tune.Checkpoint.from_directory(directory)
+                )
         else:
-            tune.report({**metrics, FAMILY_KEY: family})
+            tune.report({**metrics, FAMILY_KEY: family, **node})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 from pipeline.config import Config
+from pipeline.datasets import open_dataset
 from pipeline.errors import PipelineError
 from tasks.errors import DatasetError
 from tasks.store import DatasetStore, SplitStore
@@ -71,7 +72,7 @@ def trial_dataset(config: Config, shared: SharedDataset | None) -> TrialDataset:
     """The dataset a trial trains on: the driver's object-store copy when there is one, else its own."""
     if shared is not None:
         return shared
-    return DatasetStore.open(config.dataset_dir)
+    return open_dataset(config)  # from the storage URI
 
 
 def _object_store_capacity() -> float:

@@ -51,6 +51,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_stale(target_name: str, entry_name: str) -> bool:
+    """Whether ``entry_name`` is a staging or set-aside entry of ``target_name`` left by a dead
+    build on this host (those of running builds, of other hosts, or named otherwise are not)."""
+    pattern = rf"\.{re.escape(target_name)}\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+"
+    match = re.fullmatch(pattern, entry_name)
+    return match is not None and match["host"] == _host() and not _pid_alive(int(match["pid"]))
+
+
 def remove_stale(target: Path) -> list[Path]:
     """Delete the staging and set-aside directories of ``target`` whose build process has died.
 
@@ -59,15 +67,19 @@ def remove_stale(target: Path) -> list[Path]:
     """
     if not target.parent.is_dir():
         return []
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
     removed = []
     for entry in sorted(target.parent.iterdir()):
-        match = pattern.fullmatch(entry.name)
-        if match is None or match["host"] != _host() or _pid_alive(int(match["pid"])) or not entry.is_dir():
+        if not is_stale(target.name, entry.name) or not entry.is_dir():
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+def staging_name(target_name: str) -> str:
+    """A fresh staging name for ``target_name`` in the pattern :func:`is_stale` recognises
+    (for object stores, where :func:`staging_dir`'s ``mkdtemp`` does not apply)."""
+    return f".{target_name}.tmp-{_host()}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 def publish_dir(staging: Path, target: Path, *, replace: bool) -> None:

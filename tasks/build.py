@@ -4,7 +4,8 @@ The dataset directory appears atomically: everything is written into a hidden st
 directory next to ``out_dir`` (manifest last) and renamed into place, so an interrupted build
 leaves no directory that passes as a dataset; the next build of the same directory deletes
 what a killed one left there. A directory that already holds the same fingerprint is
-returned as is.
+returned as is. On an object store (``s3://``), which has no rename, the files are staged
+under a hidden prefix and the manifest is written last (see :func:`_write_remote`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,16 +22,25 @@ from typing import Any
 
 import numpy as np
 
-from tasks import atomic
+from tasks import atomic, storage
 from tasks.build_report import build_report, choose_channels, report_lines
 from tasks.decode import is_grey
 from tasks.errors import DatasetError
-from tasks.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, fingerprint, read_manifest, write_manifest
+from tasks.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    fingerprint,
+    manifest_text,
+    read_manifest,
+    write_manifest,
+)
 from tasks.parquet_io import SplitWriter
 from tasks.preprocess import RESIZE_FILTER, prepare, rotated
 from tasks.source import ClassInfo, Source
 from tasks.split_check import EpisodeNeed, check_class_images, check_classes
 from tasks.splits import METHODS, SPLIT_NAMES, split_classes
+from tasks.storage import Location
 
 SOURCES = ("synthetic", "omniglot", "folder")
 _DEFAULT_COUNTS = {"omniglot": (172, 423)}  # (val, test): the Vinyals/ProtoNet 1200/423 split
@@ -153,7 +164,7 @@ def open_source(spec: BuildSpec, progress: Progress | None = None) -> Source:
 
 def build_dataset(
     spec: BuildSpec,
-    out_dir: str | Path,
+    out_dir: str | Path | Location,
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -178,24 +189,27 @@ def build_dataset(
 def write_dataset(
     source: Source,
     spec: BuildSpec,
-    out_dir: str | Path,
+    out_dir: str | Path | Location,
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
     needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """:func:`build_dataset` for an already opened ``source`` (``spec.source``/``path`` are
-    only recorded)."""
+    only recorded). ``out_dir`` is a local path or a storage Location (``s3://...``)."""
     validate_build_spec(spec)
     say = progress or (lambda _: None)
-    out = Path(out_dir).expanduser().absolute()
+    if isinstance(out_dir, Location) or storage.is_remote(str(out_dir)):
+        target = storage.resolve(out_dir)
+    else:
+        target = storage.local(Path(out_dir).expanduser().absolute())
     params = build_params(spec)
     digest = source.digest()
     fp = fingerprint(digest, params)
-    existing = _existing_dataset(out, fp, overwrite)
-    _remove_stale(out, say)
+    existing = _existing_dataset(target, fp, overwrite)
+    _remove_stale(target, say)
     if existing is not None:
-        say(f"{out} already holds dataset {fp[:12]} (same source and settings): not rebuilding")
+        say(f"{target} already holds dataset {fp[:12]} (same source and settings): not rebuilding")
         return existing
     resolved = spec.resolved()
     survey = source.survey()
@@ -215,55 +229,113 @@ def write_dataset(
         + ", ".join(f"{name} {len(members)}" for name, members in split.items())
         + (" (x4 with rotations)" if resolved.rotations else "")
     )
+    plan = _Plan(source, split, resolved, digest, fp, survey, channels_reason, tuple(needs), where)
+    if target.local:
+        manifest = _write_local(plan, Path(target.path), overwrite, say)
+    else:
+        manifest = _write_remote(plan, target, overwrite, say)
+    if "report" in manifest:  # a raced build's manifest may predate build reports
+        for line in report_lines(manifest["report"]):
+            say(line)
+    written = (f"{n} {s['classes']} classes/{s['images']} images" for n, s in manifest["splits"].items())
+    say(f"wrote {target}: " + ", ".join(written))
+    return manifest
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything decided before the first file is written: what goes into each split, and how."""
+
+    source: Source
+    split: dict[str, list[ClassInfo]]
+    resolved: BuildSpec
+    digest: str
+    fingerprint: str
+    survey: Any
+    channels_reason: str
+    needs: tuple[EpisodeNeed, ...]
+    where: str
+
+
+def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Progress) -> dict[str, Any]:
+    """Write the dataset in a hidden staging directory beside ``out`` and rename it into place."""
     staging = atomic.staging_dir(out)
     try:
-        image_shape = (channels, resolved.image_size, resolved.image_size)
-        ticker = _Ticker(sum(len(members) for _, members in split.items()), say)
-        conversions: Counter[str] = Counter()
-        splits = {}
-        for name, members in split.items():
-            writer = _SplitWriting(source, image_shape, resolved.rotations, needs, where, conversions)
-            splits[name] = writer.write(name, members, staging / f"{name}.parquet", ticker)
-        report = build_report(survey, splits, image_shape, channels_reason, dict(conversions), resolved.rotations)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fingerprint": fp,
-            "image_shape": list(image_shape),
-            "image_layout": "CHW",
-            "resize_filter": RESIZE_FILTER,
-            "source": {"kind": source.kind, "path": source.location, "digest": digest},
-            "build": dataclasses.asdict(resolved),
-            "splits": splits,
-            "report": report,
-        }
+        manifest = _write_files(plan, staging, say)
         write_manifest(staging, manifest)
         try:
             atomic.publish_dir(staging, out, replace=overwrite)
         except OSError:
-            raced = _existing_dataset(out, fp, overwrite=False)  # another build may have won the race
+            raced = _existing_dataset(storage.local(out), plan.fingerprint, overwrite=False)  # another build won
             if raced is None:
                 raise
             manifest = raced
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once published
-    for line in report_lines(manifest.get("report") or report):
-        say(line)
-    counts = (f"{n} {s['classes']} classes/{s['images']} images" for n, s in manifest["splits"].items())
-    say(f"wrote {out}: " + ", ".join(counts))
     return manifest
 
 
-def _existing_dataset(out: Path, fp: str, overwrite: bool) -> dict[str, Any] | None:
+def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Progress) -> dict[str, Any]:
+    """Publish on an object store, which has no rename: the split files go to a staging prefix
+    beside ``target`` and are moved into it, the manifest is written last (one PUT). A reader
+    takes ``target`` for a dataset only when its manifest is there and matches its files, so
+    a killed build never leaves one that passes; a replaced dataset loses its manifest first."""
+    with tempfile.TemporaryDirectory(prefix="learn2tune-build-") as tmp:
+        manifest = _write_files(plan, Path(tmp), say)
+        staging = target.sibling(atomic.staging_name(target.name))
+        try:
+            staging.upload(Path(tmp))
+            if overwrite:
+                target.child(MANIFEST_NAME).delete()
+                for name in target.names():
+                    target.child(name).delete()
+            for entry in manifest["splits"].values():
+                target.filesystem.move(staging.child(entry["file"]).path, target.child(entry["file"]).path)
+            target.child(MANIFEST_NAME).write_bytes(manifest_text(manifest).encode())
+        finally:
+            staging.delete()
+    return manifest
+
+
+def _write_files(plan: _Plan, directory: Path, say: Progress) -> dict[str, Any]:
+    """Write every split file into ``directory``; returns the manifest (not written yet)."""
+    resolved = plan.resolved
+    image_shape = (resolved.channels, resolved.image_size, resolved.image_size)
+    ticker = _Ticker(sum(len(members) for _, members in plan.split.items()), say)
+    conversions: Counter[str] = Counter()
+    splits = {}
+    for name, members in plan.split.items():
+        writer = _SplitWriting(plan.source, image_shape, resolved.rotations, plan.needs, plan.where, conversions)
+        splits[name] = writer.write(name, members, directory / f"{name}.parquet", ticker)
+    report = build_report(
+        plan.survey, splits, image_shape, plan.channels_reason, dict(conversions), resolved.rotations
+    )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": plan.fingerprint,
+        "image_shape": list(image_shape),
+        "image_layout": "CHW",
+        "resize_filter": RESIZE_FILTER,
+        "source": {"kind": plan.source.kind, "path": plan.source.location, "digest": plan.digest},
+        "build": dataclasses.asdict(resolved),
+        "splits": splits,
+        "report": report,
+    }
+
+
+def _existing_dataset(out: Location, fp: str, overwrite: bool) -> dict[str, Any] | None:
     """The manifest at ``out`` if it holds fingerprint ``fp`` intact; None if ``out`` may be
     (re)written; :class:`DatasetError` if it must not be."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise DatasetError(f"output {out} exists and is not a directory")
-    entries = {p.name for p in out.iterdir()}
+    entries = set(out.names())
     if not entries:
         return None
+    if not out.local and MANIFEST_NAME not in entries and entries <= _DATASET_FILES:
+        return None  # split files of a remote publish killed before its manifest: no dataset yet
     if MANIFEST_NAME not in entries or not entries <= _DATASET_FILES:
         raise DatasetError(
             f"output {out} is a non-empty directory that is not a learn2tune dataset "
@@ -290,21 +362,26 @@ def _existing_dataset(out: Path, fp: str, overwrite: bool) -> dict[str, Any] | N
     return None
 
 
-def _remove_stale(out: Path, say: Progress) -> None:
+def _remove_stale(out: Location, say: Progress) -> None:
     """Delete what builds of ``out`` that were killed left beside it, in one progress line."""
-    removed = atomic.remove_stale(out)
+    if out.local:
+        removed = [p.name for p in atomic.remove_stale(Path(out.path))]
+    else:
+        removed = [name for name in out.parent.names() if atomic.is_stale(out.name, name)]
+        for name in removed:
+            out.sibling(name).delete()
     if removed:
-        say(f"removed what interrupted builds of {out.name} left: {', '.join(p.name for p in removed)}")
+        say(f"removed what interrupted builds of {out.name} left: {', '.join(removed)}")
 
 
-def _damage(out: Path, manifest: dict[str, Any]) -> str | None:
+def _damage(out: Location, manifest: dict[str, Any]) -> str | None:
     """A description of the first split file that is missing or has the wrong size, else None."""
     for split in manifest["splits"].values():
-        path = out / split["file"]
+        path = out.child(split["file"])
         if not path.is_file():
             return f"{split['file']} is missing"
-        if path.stat().st_size != split["bytes"]:
-            return f"{split['file']} is {path.stat().st_size} bytes, manifest says {split['bytes']}"
+        if path.size() != split["bytes"]:
+            return f"{split['file']} is {path.size()} bytes, manifest says {split['bytes']}"
     return None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import DatasetError
+from tasks.storage import Location, local
 from tasks.splits import SPLIT_NAMES
 
 FORMAT = "learn2tune-episodic-parquet"
@@ -38,25 +39,31 @@ def fingerprint(source_digest: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(f"{source_digest}\n{canonical_json(params)}".encode()).hexdigest()
 
 
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """The manifest as it is stored: indented, key-sorted JSON."""
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Write ``directory/manifest.json`` and fsync it (``directory`` is a staging directory)."""
     with open(directory / MANIFEST_NAME, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(manifest_text(manifest))
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read and check ``directory/manifest.json``; :class:`DatasetError` names the file and
-    the field when it is missing, not JSON, foreign, too new or inconsistent."""
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise DatasetError(f"dataset directory {directory} does not exist (build it first: learn2tune build)")
+def read_manifest(directory: Path | Location) -> dict[str, Any]:
+    """Read and check ``directory/manifest.json`` (a local path or any storage Location);
+    :class:`DatasetError` names the file and the field when it is missing, not JSON, foreign,
+    too new or inconsistent."""
+    where = directory if isinstance(directory, Location) else local(directory)
+    path = where.child(MANIFEST_NAME)
+    if not where.is_dir():
+        raise DatasetError(f"dataset directory {where} does not exist (build it first: learn2tune build)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise DatasetError(f"{path} not found: {directory} is not a learn2tune dataset (build it first)") from None
+        raise DatasetError(f"{path} not found: {where} is not a learn2tune dataset (build it first)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
     try:
@@ -67,7 +74,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Path, where: str) -> Any:
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Location, where: str) -> Any:
     name = f"{where}.{key}" if where else key
     if not isinstance(obj, dict) or key not in obj:
         raise DatasetError(f"{path}: field {name!r} is missing")
@@ -78,7 +85,7 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Path, where:
     return value
 
 
-def _check(manifest: Any, path: Path) -> None:
+def _check(manifest: Any, path: Location) -> None:
     if not isinstance(manifest, dict):
         raise DatasetError(f"{path}: expected a JSON object")
     fmt = manifest.get("format")
@@ -100,7 +107,7 @@ def _check(manifest: Any, path: Path) -> None:
         _check_split(_field(splits, name, dict, path, "splits"), path, f"splits.{name}")
 
 
-def _check_split(split: dict[str, Any], path: Path, where: str) -> None:
+def _check_split(split: dict[str, Any], path: Location, where: str) -> None:
     file = _field(split, "file", str, path, where)
     if Path(file).name != file or file in ("", ".", ".."):
         raise DatasetError(f"{path}: field '{where}.file' must be a plain file name, got {file!r}")

@@ -17,10 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks import storage
 from tasks.errors import DatasetError
 from tasks.manifest import read_manifest
 from tasks.parquet_io import SCHEMA, image_array
 from tasks.splits import SPLIT_NAMES
+from tasks.storage import Location
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,10 +60,14 @@ class SplitStore:
 
 
 class DatasetStore:
-    """A dataset directory written by :func:`tasks.build.build_dataset`."""
+    """A dataset directory written by :func:`tasks.build.build_dataset`, on any storage.
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
-        self.path = path
+    ``path`` is what messages name: the local path (a ``Path``) or the URI of a remote one.
+    """
+
+    def __init__(self, location: Location, manifest: dict[str, Any]) -> None:
+        self.location = location
+        self.path: Path | str = Path(location.uri) if location.local else location.uri
         self.manifest = manifest
         self.fingerprint: str = manifest["fingerprint"]
         c, h, w = manifest["image_shape"]
@@ -69,12 +75,12 @@ class DatasetStore:
         self._splits: dict[str, SplitStore] = {}
 
     @classmethod
-    def open(cls, path: str | Path) -> DatasetStore:
-        """Open the dataset at ``path``, reading and checking ``manifest.json`` only (splits load
-        on first use); :class:`DatasetError` if the directory or its manifest is missing,
-        corrupt or foreign."""
-        directory = Path(path).expanduser()
-        return cls(directory, read_manifest(directory))
+    def open(cls, path: str | Path | Location) -> DatasetStore:
+        """Open the dataset at ``path`` (a local path, a storage URI or Location), reading and
+        checking ``manifest.json`` only (splits load on first use); :class:`DatasetError` if the
+        directory or its manifest is missing, corrupt or foreign."""
+        location = storage.resolve(path)
+        return cls(location, read_manifest(location))
 
     @property
     def split_names(self) -> list[str]:
@@ -87,12 +93,12 @@ class DatasetStore:
         if name not in self.manifest["splits"]:
             raise DatasetError(f"dataset {self.path} has no split {name!r} (it has {', '.join(self.split_names)})")
         if name not in self._splits:
-            self._splits[name] = _load_split(self.path, name, self.manifest["splits"][name], self.image_shape)
+            self._splits[name] = _load_split(self.location, name, self.manifest["splits"][name], self.image_shape)
         return self._splits[name]
 
 
-def _load_split(directory: Path, name: str, entry: dict[str, Any], shape: tuple[int, int, int]) -> SplitStore:
-    path = directory / entry["file"]
+def _load_split(directory: Location, name: str, entry: dict[str, Any], shape: tuple[int, int, int]) -> SplitStore:
+    path = directory.child(entry["file"])
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -133,7 +139,7 @@ def _load_split(directory: Path, name: str, entry: dict[str, Any], shape: tuple[
     )
 
 
-def _read_table(path: Path, data: bytes, expected_bytes: int) -> pa.Table:
+def _read_table(path: Location, data: bytes, expected_bytes: int) -> pa.Table:
     """Parse the Parquet bytes and check the schema."""
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data))
@@ -155,7 +161,7 @@ def _read_table(path: Path, data: bytes, expected_bytes: int) -> pa.Table:
         raise DatasetError(f"{path}: cannot decode Parquet data (truncated or corrupt?): {exc}") from exc
 
 
-def _check_classes(path: Path, table: pa.Table, offsets: np.ndarray, names: list[str]) -> None:
+def _check_classes(path: Location, table: pa.Table, offsets: np.ndarray, names: list[str]) -> None:
     """Check the class labels are ``0..n-1`` in row order with the manifest's counts and names."""
     labels = table.column("class").to_numpy()
     expected = np.repeat(np.arange(len(names), dtype=np.int32), np.diff(offsets))

@@ -104,3 +104,33 @@ def glyph_store(tmp_path_factory):
         return DatasetStore.open(out)
 
     return build
+
+
+# --- real services on 127.0.0.1 (tests/services.py), started once per session ----------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto_server) with one bucket: a ``services.S3``."""
+    from services import moto_s3
+
+    with moto_s3(tmp_path_factory.mktemp("moto")) as s3:
+        yield s3
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_server(tmp_path_factory, s3_server):
+    """A real ``mlflow server`` (SQLite, artifacts in ``s3://<bucket>/mlartifacts``): its URL."""
+    from services import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server"), s3_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_nodes(tmp_path_factory, s3_server):
+    """A Ray cluster started with ``ray start``: a head and two 1-CPU workers with 2 fake GPUs each."""
+    from services import ray_cluster, worker_environment
+
+    with ray_cluster(tmp_path_factory.mktemp("ray-nodes"), worker_environment(s3_server)) as cluster:
+        yield cluster

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -388,6 +389,23 @@ MISTAKES = [
         "learn2tune serve {config}",
         "has no version with alias 'champion'; `learn2tune promote` sets the champion",
     ),
+    # --- storage URIs (a real S3-compatible server on 127.0.0.1 answers)
+    Mistake(
+        "storage-unsupported-scheme", "puts the workdir on a storage scheme learn2tune cannot use",
+        "learn2tune search {config} --set workdir=ftp://files.example.com/l2t",
+        "config error: workdir: unsupported storage scheme 'ftp' in 'ftp://files.example.com/l2t'; "
+        "use a local path, s3://bucket/prefix or gs://bucket/prefix",
+    ),
+    Mistake(
+        "storage-missing-bucket", "puts the workdir in a bucket that does not exist",
+        "learn2tune run {config} --set workdir=s3://no-such-bucket/l2t",
+        "workdir: bucket 'no-such-bucket' of s3://no-such-bucket/l2t does not exist at http://127.0.0.1:",
+    ),
+    Mistake(
+        "storage-missing-bucket-dataset", "builds the dataset into a bucket that does not exist",
+        "learn2tune build -c {config} --out s3://no-such-bucket/datasets/tiny",
+        "data.dir: bucket 'no-such-bucket' of s3://no-such-bucket/datasets/tiny does not exist at http://127.0.0.1:",
+    ),
     # --- serving requests (to the 3-way MAML; the scoring server answers them with HTTP 400)
     Mistake(
         "request-no-support", "sends query images only",
@@ -468,19 +486,30 @@ def world(tmp_path_factory, pipeline_ray) -> World:
     return World(root, (fingerprint, other), model, support, [x.numpy() for x in episode.query_x[0]])
 
 
+ONE_LINE_WITHIN_S = 15
+
+
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
-def test_mistake_gets_one_line_and_changes_nothing(mistake: Mistake, world: World, tmp_path, capsys, monkeypatch):
-    """The row's command or request fails with the row's one line; no file under {root} or {tmp} changes."""
+def test_mistake_gets_one_line_and_changes_nothing(
+    mistake: Mistake, world: World, s3_server, tmp_path, capsys, monkeypatch
+):
+    """The row's command or request fails with the row's one line, within ONE_LINE_WITHIN_S; no
+    file under {root} or {tmp} changes. The AWS variables point at the test's S3 server."""
+    for key, value in s3_server.environment().items():
+        monkeypatch.setenv(key, value)
     if mistake.setup is not None:
         mistake.setup(tmp_path, world)
     places = world.places(tmp_path)
     before = snapshot(world.root, tmp_path)
+    started = time.monotonic()
     if isinstance(mistake.command, Request):
         line = refusal(world, mistake.command)
     else:
         monkeypatch.setattr(os, "execve", started_a_process)  # a `serve` that got through would exec
         line = error_line([word.format(**places) for word in shlex.split(mistake.command)[1:]], capsys)
+    took = time.monotonic() - started
     assert mistake.sees.format(**places) in line, f"the user {mistake.user_did} and saw: {line}"
+    assert took < ONE_LINE_WITHIN_S, f"the user {mistake.user_did} waited {took:.1f} s for: {line}"
     assert snapshot(world.root, tmp_path) == before
 
 

@@ -142,3 +142,18 @@ def test_grace_period_scales_with_max_iterations(tmp_path):
     assert load_config(quickstart, cwd=tmp_path, environ={}).search.grace_iterations == 100  # make run unchanged
     small = load_config(quickstart, [("search.max_iterations", 60)], cwd=tmp_path, environ={})
     assert small.search.grace_iterations == 20
+
+
+def test_storage_uris_stay_uris_and_take_the_endpoint_from_the_environment(tmp_path):
+    config = load(tmp_path, None, "workdir=s3://bucket/l2t/", environ={"AWS_ENDPOINT_URL": "http://minio:9000"})
+    assert config.workdir == "s3://bucket/l2t" and config.data.dir == "s3://bucket/l2t/datasets/quickstart"
+    assert config.storage.endpoint_url == "http://minio:9000"  # resolved once, for nodes without the variable
+    assert config.experiment_location.uri == "s3://bucket/l2t/tune/quickstart"
+    assert config.experiment_location.path == "bucket/l2t/tune/quickstart" and not config.experiment_location.local
+    override = load(tmp_path, None, "storage.endpoint_url=http://s3.local", environ={"AWS_ENDPOINT_URL": "http://x"})
+    assert override.storage.endpoint_url == "http://s3.local"
+    assert error(tmp_path, None, "data.dir=hdfs://cluster/data") == (
+        "config error: data.dir: unsupported storage scheme 'hdfs' in 'hdfs://cluster/data'; "
+        "use a local path, s3://bucket/prefix or gs://bucket/prefix"
+    )
+    assert "names no bucket" in error(tmp_path, None, "workdir=s3:///l2t")
