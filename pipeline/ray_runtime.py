@@ -1,10 +1,18 @@
-"""Starting or joining Ray, and checking that a trial's resource request can ever be scheduled."""
+"""Starting or joining Ray, and checking that a trial's resource request can ever be scheduled.
+
+A wrong address, a forwarded variable missing on the driver and a request no node can hold are
+each one line before any trial starts: ``ray.init`` itself would retry an unreachable head for
+many minutes, and Tune would leave unschedulable trials PENDING forever.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+import socket
+import time
+from typing import Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from pipeline.config import Resources
 from pipeline.errors import PipelineError
@@ -18,41 +26,175 @@ QUIET_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # frequent small checkpoints are fine
 }
 PROJECT_PACKAGES = ("pipeline", "learners", "tasks", "deploy")
+GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults for host[:port] and ray://host[:port]
+PROBE_TIMEOUT_S = 5.0
+WAIT_POLL_S, WAIT_REPORT_S = 1.0, 10.0
+KINDS = (("CPU", "cpu", "--cpus-per-trial"), ("GPU", "gpu", "--gpus-per-trial"))
+
+Out = Callable[[str], None]
 
 
-def connect(address: str | None, environ: Mapping[str, str]) -> None:
+def connect(address: str | None, environ: Mapping[str, str], env_vars: Sequence[str] = ()) -> None:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one.
 
-    A Ray already initialised in this process (a test session, a notebook) is used as is.
+    The driver variables named in ``env_vars`` reach every trial through ``runtime_env``; only
+    those, and their values are never printed. A Ray already initialised in this process (a
+    test session, a notebook) is used as is, after the same checks.
     """
+    forwarded = forwarded_env(env_vars, environ)
+    address = address or environ.get("RAY_ADDRESS")
+    if address:
+        probe_address(address)
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
         return
-    address = address or environ.get("RAY_ADDRESS")
-    if address:
-        import importlib
+    runtime_env: dict = {"env_vars": forwarded} if forwarded else {}
+    try:
+        if address:
+            import importlib
 
-        modules = [importlib.import_module(name) for name in PROJECT_PACKAGES]
-        ray.init(address=address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            runtime_env["py_modules"] = [importlib.import_module(name) for name in PROJECT_PACKAGES]
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        else:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env or None)
+    except ConnectionError as exc:  # e.g. address "auto" with no cluster running here
+        raise PipelineError(f"cannot join a Ray cluster at {address!r} (ray.address / --address / RAY_ADDRESS): {exc}") from None
 
 
-def check_trial_resources(resources: Resources) -> None:
-    """Refuse a per-trial request no alive node can satisfy: such trials would stay PENDING forever."""
+def forwarded_env(names: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """``{name: value}`` of the named driver variables; an error naming the ones that are not set."""
+    missing = [name for name in names if name not in environ]
+    if missing:
+        raise PipelineError(
+            f"ray.env_vars names {', '.join(missing)}, not set in this environment; "
+            "set it before starting learn2tune or remove it from ray.env_vars"
+        )
+    return {name: environ[name] for name in names}
+
+
+def probe_address(address: str) -> None:
+    """One TCP connection to the Ray head behind ``address``; an error within seconds when it fails.
+
+    ``auto`` and ``local`` are left to Ray (it looks for a cluster started on this machine).
+    """
+    if address in ("auto", "local"):
+        return
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = f"no answer within {PROBE_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else _os_reason(exc)
+        raise PipelineError(
+            f"cannot reach the Ray cluster at {address} (ray.address / --address / RAY_ADDRESS): "
+            f"{host}:{port} {reason}; is the head running (`ray start --head`) and the port open?"
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) of ``host[:port]`` (the GCS) or ``ray://host[:port]`` (the Ray Client server)."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "ray"):
+        raise PipelineError(f"ray.address must be host:port, ray://host:port or auto, got {address!r}")
+    try:
+        parts = urlsplit(f"//{rest}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or parts.path not in ("", "/"):
+        raise PipelineError(f"ray.address must be host:port, ray://host:port or auto, got {address!r}")
+    return host, port or (CLIENT_PORT if scheme == "ray" else GCS_PORT)
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "is not a known host name"
+    return (exc.strerror or str(exc)).lower()
+
+
+def check_trial_resources(resources: Resources, out: Out = print, wait_seconds: float = 0) -> None:
+    """Make sure some node can hold one trial: one now, one the autoscaler can add, or one that
+    joins within ``wait_seconds``; otherwise an error (such trials would stay PENDING forever)."""
+    shortfall = _shortfall(resources, _alive_nodes())
+    if shortfall is None:
+        return
+    text, flag = shortfall
+    group = _autoscaling_group(resources)
+    if group is not None:
+        out(f"note: {text}; the autoscaler can add {group} nodes, so the trials wait for them")
+        return
+    if wait_seconds <= 0:
+        raise PipelineError(
+            f"{text}; lower it ({flag}), join a cluster that has them (--address) "
+            "or wait for such a node to join (--wait-for-resources SECONDS)"
+        )
+    _wait_for_node(resources, wait_seconds, out)
+
+
+def _alive_nodes() -> list[dict[str, float]]:
     import ray
 
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    for kind, field, flag in (("CPU", "cpu", "--cpus-per-trial"), ("GPU", "gpu", "--gpus-per-trial")):
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _shortfall(resources: Resources, nodes: list[dict[str, float]]) -> tuple[str, str] | None:
+    """What no node offers (``search.resources.gpu asks for 1 GPU(s) per trial but ...``) and the
+    flag that lowers it; None when some node holds one trial."""
+    for kind, field, flag in KINDS:
         requested = getattr(resources, field)
         largest = max((node.get(kind, 0.0) for node in nodes), default=0.0)
         if requested > largest:
             total = sum(node.get(kind, 0.0) for node in nodes)
-            raise PipelineError(
+            text = (
                 f"search.resources.{field} asks for {requested:g} {kind}(s) per trial but the largest "
-                f"Ray node has {largest:g} (cluster total {total:g}); lower it ({flag}) or join a "
-                f"cluster that has them (--address)"
+                f"Ray node has {largest:g} (cluster total {total:g})"
             )
+            return text, flag
+    return None
+
+
+def _autoscaling_group(resources: Resources) -> str | None:
+    """The name of a node group the cluster's autoscaler can start that holds one trial, if any.
+
+    Read from the cluster config the autoscaler publishes in the GCS (as Ray Data does to decide
+    whether a cluster can scale); None without an autoscaler.
+    """
+    import ray._private.state
+
+    config = ray._private.state.state.get_cluster_config()
+    for group in config.node_group_configs if config is not None else ():
+        if group.max_count != 0 and _shortfall(resources, [dict(group.resources)]) is None:
+            return group.name or "autoscaled"
+    return None
+
+
+def _wait_for_node(resources: Resources, wait_seconds: float, out: Out) -> None:
+    """Poll the cluster until a node that holds one trial is alive, with a progress line now and
+    then; ask an autoscaler (if one listens) for such a node meanwhile."""
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {kind: getattr(resources, field) for kind, field, _ in KINDS if getattr(resources, field) > 0}
+    start = time.monotonic()
+    request_resources(bundles=[bundle])
+    try:
+        reported = -WAIT_REPORT_S
+        while (shortfall := _shortfall(resources, _alive_nodes())) is not None:
+            waited = time.monotonic() - start
+            if waited >= wait_seconds:
+                raise PipelineError(
+                    f"{shortfall[0]} after waiting {wait_seconds:g} s for a node that can hold one trial "
+                    "(--wait-for-resources / ray.wait_for_resources)"
+                )
+            if waited - reported >= WAIT_REPORT_S:
+                out(f"waiting for a Ray node with {_bundle_text(bundle)}: {waited:.0f} of {wait_seconds:g} s")
+                reported = waited
+            time.sleep(WAIT_POLL_S)
+        out(f"a Ray node with {_bundle_text(bundle)} joined after {time.monotonic() - start:.0f} s")
+    finally:
+        request_resources(bundles=[])
+
+
+def _bundle_text(bundle: Mapping[str, float]) -> str:
+    return " and ".join(f"{amount:g} {kind}" for kind, amount in bundle.items())

@@ -42,11 +42,11 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
     state = _interrupted_search(config.experiment_dir) if resume else None
-    connect(config.ray.address, environ)
-    check_trial_resources(config.search.resources)
+    client = tracking.make_client(config.tracking.uri)  # checks a tracking server answers
+    connect(config.ray.address, environ, config.ray.env_vars)
+    check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
 
     # Everything is validated: from here on the stage writes.
-    client = tracking.make_client(config.tracking.uri)
     if state is None:
         _set_aside_previous(config.experiment_dir, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
@@ -253,6 +253,9 @@ def _trial_record(result, trial_id: str, run_id: str | None, config: Config) -> 
         "checkpoint": best[0].path if best else None,
         "final_checkpoint": result.checkpoint.path if result.checkpoint else None,
         "error": error_reason(result.error) if result.error else None,
+        # where its last report came from (a restarted trial may have moved)
+        "node_id": (result.metrics or {}).get("node_id"),
+        "device": (result.metrics or {}).get("device"),
     }
 
 

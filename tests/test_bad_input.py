@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -76,6 +77,7 @@ class Mistake(NamedTuple):
     command: str | Request  # `learn2tune ...`, or a request to the registered model
     sees: str  # part of the one line the user gets back
     setup: Setup | None = None  # fills {tmp} before the command
+    within_s: float | None = None  # the line must come within this many seconds
 
 
 # ---------------------------------------------------------------- what setups put in {tmp}
@@ -132,6 +134,7 @@ def delete(dataset: Path, name: str) -> None:
 # ---------------------------------------------------------------- the table
 
 SEARCH_COPY = "learn2tune search {config} --set data.dir={tmp}/dataset"
+UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
 STORE = "sqlite:///{root}/mlflow.db"
 
 MISTAKES = [
@@ -303,6 +306,48 @@ MISTAKES = [
         "learn2tune search {config} --gpus-per-trial 0.5 --set device=cpu",
         "config error: search.resources.gpu is 0.5 but device is 'cpu'",
     ),
+    Mistake(
+        "resources-wait-times-out", "waits for a GPU node that never joins",
+        "learn2tune search {config} --gpus-per-trial 1 --wait-for-resources 2",
+        "search.resources.gpu asks for 1 GPU(s) per trial but the largest Ray node has 0 (cluster total 0) "
+        "after waiting 2 s for a node that can hold one trial (--wait-for-resources / ray.wait_for_resources)",
+        within_s=15,
+    ),
+    # --- the cluster and the tracking server: one line within 15 s, not minutes of retries
+    Mistake(
+        "ray-wrong-address", "points --address at a port where no Ray head listens",
+        "learn2tune search {config} --address 127.0.0.1:1",
+        "cannot reach the Ray cluster at 127.0.0.1:1 (ray.address / --address / RAY_ADDRESS): "
+        "127.0.0.1:1 connection refused; is the head running (`ray start --head`) and the port open?",
+        within_s=15,
+    ),
+    Mistake(
+        "ray-missing-forwarded-variable", "forwards a variable to the trials that the driver does not have",
+        "learn2tune search {config} --set ray.env_vars=[L2T_NEVER_SET]",
+        "ray.env_vars names L2T_NEVER_SET, not set in this environment; set it before starting learn2tune "
+        "or remove it from ray.env_vars",
+        within_s=15,
+    ),
+    *(
+        Mistake(
+            f"tracking-unreachable-{command}", f"runs {command} against a tracking server that is not running",
+            f"learn2tune {command} {{config}} --set tracking.uri={UNREACHABLE}",
+            f"cannot reach the MLflow tracking server at {UNREACHABLE} (tracking.uri / MLFLOW_TRACKING_URI): "
+            "connection refused",
+            within_s=15,
+        )
+        for command in ("search", "run", "evaluate", "register", "promote", "serve", "ui")
+    ),
+    *(
+        Mistake(
+            f"tracking-forbidden-{command}", f"runs {command} against a tracking server that answers 403 to its Host",
+            f"learn2tune {command} {{config}} --set tracking.uri={{refusing_server}}",
+            "the MLflow tracking server at {refusing_server} (tracking.uri / MLFLOW_TRACKING_URI) answered "
+            "403 Forbidden (Invalid Host header - possible DNS rebinding attack detected)",
+            within_s=15,
+        )
+        for command in ("search", "serve")
+    ),
     # --- stage order and registry names
     Mistake(
         "order-evaluate-before-search", "evaluates an experiment that was never searched",
@@ -431,18 +476,27 @@ def world(tmp_path_factory, pipeline_ray) -> World:
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
-def test_mistake_gets_one_line_and_changes_nothing(mistake: Mistake, world: World, tmp_path, capsys, monkeypatch):
-    """The row's command or request fails with the row's one line; no file under {root} or {tmp} changes."""
+def test_mistake_gets_one_line_and_changes_nothing(
+    mistake: Mistake, world: World, tmp_path, capsys, monkeypatch, request
+):
+    """The row's command or request fails with the row's one line (in time, if the row says so);
+    no file under {root} or {tmp} changes."""
     if mistake.setup is not None:
         mistake.setup(tmp_path, world)
     places = world.places(tmp_path)
+    if "{refusing_server}" in str(mistake.command):  # started only for the rows that need it
+        places["refusing_server"] = request.getfixturevalue("ops_mlflow_server").refusing_url
     before = snapshot(world.root, tmp_path)
+    started = time.monotonic()
     if isinstance(mistake.command, Request):
         line = refusal(world, mistake.command)
     else:
         monkeypatch.setattr(os, "execve", started_a_process)  # a `serve` that got through would exec
         line = error_line([word.format(**places) for word in shlex.split(mistake.command)[1:]], capsys)
+    elapsed = time.monotonic() - started
     assert mistake.sees.format(**places) in line, f"the user {mistake.user_did} and saw: {line}"
+    if mistake.within_s is not None:
+        assert elapsed < mistake.within_s, f"the line came after {elapsed:.1f} s, not within {mistake.within_s} s"
     assert snapshot(world.root, tmp_path) == before
 
 
