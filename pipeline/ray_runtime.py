@@ -28,7 +28,8 @@ QUIET_ENV = {
 PROJECT_PACKAGES = ("pipeline", "learners", "tasks", "deploy")
 GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults for host[:port] and ray://host[:port]
 PROBE_TIMEOUT_S = 5.0
-WAIT_POLL_S, WAIT_REPORT_S = 1.0, 10.0
+WAIT_POLL_S, WAIT_REPORT_S = 1.0, 15.0
+AUTOSCALER_WAIT_S = 900.0  # launching a cloud GPU node takes minutes
 KINDS = (("CPU", "cpu", "--cpus-per-trial"), ("GPU", "gpu", "--gpus-per-trial"))
 
 Out = Callable[[str], None]
@@ -121,10 +122,16 @@ def check_trial_resources(resources: Resources, out: Out = print, wait_seconds: 
     if shortfall is None:
         return
     text, flag = shortfall
-    group = _autoscaling_group(resources)
-    if group is not None:
-        out(f"note: {text}; the autoscaler can add {group} nodes, so the trials wait for them")
-        return
+    groups = _autoscaler_groups()
+    if groups:  # an autoscaler that publishes its node groups: is there one that fits?
+        fitting = [name for name, group in groups.items() if _shortfall(resources, [group]) is None]
+        if fitting:
+            out(f"note: {text}; the autoscaler can add {fitting[0]} nodes, so the trials wait for them")
+            return
+        text += f", nor does any node group the autoscaler can add ({', '.join(groups)})"
+    elif wait_seconds <= 0 and _autoscaler_running():  # one that does not say what it can add
+        wait_seconds = AUTOSCALER_WAIT_S
+        out(f"note: {text}; an autoscaler is running: asking it for such a node, for up to {wait_seconds:g} s")
     if wait_seconds <= 0:
         raise PipelineError(
             f"{text}; lower it ({flag}), join a cluster that has them (--address) "
@@ -155,19 +162,28 @@ def _shortfall(resources: Resources, nodes: list[dict[str, float]]) -> tuple[str
     return None
 
 
-def _autoscaling_group(resources: Resources) -> str | None:
-    """The name of a node group the cluster's autoscaler can start that holds one trial, if any.
+def _autoscaler_groups() -> dict[str, dict[str, float]]:
+    """Node groups the cluster's autoscaler can start (max count not 0) and their resources.
 
-    Read from the cluster config the autoscaler publishes in the GCS (as Ray Data does to decide
-    whether a cluster can scale); None without an autoscaler.
+    Read from the cluster config an autoscaler publishes in the GCS (as Ray Data does to decide
+    whether a cluster can scale); empty without one, or from an autoscaler that does not publish it.
     """
     import ray._private.state
 
     config = ray._private.state.state.get_cluster_config()
-    for group in config.node_group_configs if config is not None else ():
-        if group.max_count != 0 and _shortfall(resources, [dict(group.resources)]) is None:
-            return group.name or "autoscaled"
-    return None
+    groups = config.node_group_configs if config is not None else ()
+    return {group.name or "unnamed": dict(group.resources) for group in groups if group.max_count != 0}
+
+
+def _autoscaler_running() -> bool:
+    """Whether the head's monitor runs an autoscaler (its status report has an autoscaler part)."""
+    import json
+
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    return bool(status) and bool(json.loads(status).get("autoscaler_report"))
 
 
 def _wait_for_node(resources: Resources, wait_seconds: float, out: Out) -> None:

@@ -226,3 +226,61 @@ def test_addresses_name_the_port_ray_init_would_use(address, host_port):
 def test_addresses_ray_init_cannot_use_are_one_line(address):
     with pytest.raises(PipelineError, match="ray.address must be host:port, ray://host:port or auto"):
         _host_port(address)
+
+
+# ---------------------------------------------------------------- the resource check, in-process
+# Against the session's local Ray (2 CPUs, no GPU).
+
+
+@pytest.fixture
+def published_node_groups(pipeline_ray):
+    """Publishes node groups in the GCS the way an autoscaler does (autoscaler v2, KubeRay) for
+    one test: this machine cannot run a real autoscaler (it needs a cloud or Docker)."""
+    import ray._raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    key, namespace = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+
+    def publish(**groups: tuple[dict[str, float], int]) -> None:
+        config = autoscaler_pb2.ClusterConfig(
+            node_group_configs=[
+                autoscaler_pb2.NodeGroupConfig(name=name, resources=resources, min_count=0, max_count=count)
+                for name, (resources, count) in groups.items()
+            ]
+        )
+        _internal_kv_put(key, config.SerializeToString(), overwrite=True, namespace=namespace)
+
+    yield publish
+    _internal_kv_del(key, namespace=namespace)
+
+
+def test_resource_check_accepts_what_the_autoscaler_can_add(published_node_groups):
+    from pipeline.config import Resources
+    from pipeline.ray_runtime import check_trial_resources
+
+    lines: list[str] = []
+    published_node_groups(cpu=({"CPU": 8}, 10), gpu=({"CPU": 8, "GPU": 1}, 4), retired=({"CPU": 8, "GPU": 8}, 0))
+    check_trial_resources(Resources(cpu=2, gpu=0.5), lines.append)
+    assert lines == [
+        "note: search.resources.gpu asks for 0.5 GPU(s) per trial but the largest Ray node has 0 (cluster total 0); "
+        "the autoscaler can add gpu nodes, so the trials wait for them"
+    ]
+    with pytest.raises(PipelineError, match=r"nor does any node group the autoscaler can add \(cpu, gpu\); lower it"):
+        check_trial_resources(Resources(cpu=2, gpu=2), lines.append)
+
+
+def test_resource_wait_reports_progress_then_gives_up_in_one_line(pipeline_ray):
+    from pipeline.config import Resources
+    from pipeline.ray_runtime import check_trial_resources
+
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as refused:
+        check_trial_resources(Resources(cpu=1, gpu=1), lines.append, wait_seconds=3)
+    assert 3 <= time.monotonic() - started < 10
+    assert str(refused.value).endswith("after waiting 3 s for a node that can hold one trial "
+                                       "(--wait-for-resources / ray.wait_for_resources)")  # fmt: skip
+    assert lines == ["waiting for a Ray node with 1 CPU and 1 GPU: 0 of 3 s"]
+    check_trial_resources(Resources(cpu=1, gpu=0), lines.append, wait_seconds=3)  # fits now: no wait, no line
+    assert len(lines) == 1
