@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     datasets.validate_build(config)
     check_server(config.tracking.uri)
-    connect(config.ray.address, os.environ, config.ray.env_vars)
+    connect(config.ray.address, os.environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
     out(f"== build: {config.data.source} -> {config.dataset_dir}")
     datasets.build(config, out, overwrite=args.overwrite)

@@ -29,18 +29,26 @@ PROJECT_PACKAGES = ("pipeline", "learners", "tasks", "deploy")
 GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults for host[:port] and ray://host[:port]
 PROBE_TIMEOUT_S = 5.0
 WAIT_POLL_S, WAIT_REPORT_S = 1.0, 15.0
-AUTOSCALER_WAIT_S = 900.0  # launching a cloud GPU node takes minutes
 KINDS = (("CPU", "cpu", "--cpus-per-trial"), ("GPU", "gpu", "--gpus-per-trial"))
+# MLflow client settings a trial on another node lacks unless forwarded (the tracking URI
+# itself travels in the config the trials get).
+MLFLOW_CLIENT_SETTINGS = (
+    "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)  # fmt: skip
 
 Out = Callable[[str], None]
 
 
-def connect(address: str | None, environ: Mapping[str, str], env_vars: Sequence[str] = ()) -> None:
+def connect(
+    address: str | None, environ: Mapping[str, str], env_vars: Sequence[str] = (), out: Out | None = None
+) -> None:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one.
 
     The driver variables named in ``env_vars`` reach every trial through ``runtime_env``; only
-    those, and their values are never printed. A Ray already initialised in this process (a
-    test session, a notebook) is used as is, after the same checks.
+    those, and their values are never printed. Joining a cluster, ``out`` gets a note for each
+    MLflow client setting the driver has but does not forward. A Ray already initialised in
+    this process (a test session, a notebook) is used as is, after the same checks.
     """
     forwarded = forwarded_env(env_vars, environ)
     address = address or environ.get("RAY_ADDRESS")
@@ -52,6 +60,9 @@ def connect(address: str | None, environ: Mapping[str, str], env_vars: Sequence[
 
     if ray.is_initialized():
         return
+    kept_back = [name for name in MLFLOW_CLIENT_SETTINGS if name in environ and name not in forwarded]
+    if address and kept_back and out is not None:
+        out(f"note: {', '.join(kept_back)} set here but not in ray.env_vars: trials on other nodes do not get it")
     runtime_env: dict = {"env_vars": forwarded} if forwarded else {}
     try:
         if address:
@@ -62,7 +73,8 @@ def connect(address: str | None, environ: Mapping[str, str], env_vars: Sequence[
         else:
             ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env or None)
     except ConnectionError as exc:  # e.g. address "auto" with no cluster running here
-        raise PipelineError(f"cannot join a Ray cluster at {address!r} (ray.address / --address / RAY_ADDRESS): {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"cannot join a Ray cluster at {address} (ray.address / --address / RAY_ADDRESS): {reason}") from None
 
 
 def forwarded_env(names: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
@@ -97,14 +109,12 @@ def probe_address(address: str) -> None:
 def _host_port(address: str) -> tuple[str, int]:
     """(host, port) of ``host[:port]`` (the GCS) or ``ray://host[:port]`` (the Ray Client server)."""
     scheme, _, rest = address.rpartition("://")
-    if scheme not in ("", "ray"):
-        raise PipelineError(f"ray.address must be host:port, ray://host:port or auto, got {address!r}")
+    parts = urlsplit(f"//{rest}")
     try:
-        parts = urlsplit(f"//{rest}")
         host, port = parts.hostname, parts.port
-    except ValueError:
+    except ValueError:  # a port that is not a number
         host = port = None
-    if not host or parts.path not in ("", "/"):
+    if scheme not in ("", "ray") or not host or parts.path not in ("", "/"):
         raise PipelineError(f"ray.address must be host:port, ray://host:port or auto, got {address!r}")
     return host, port or (CLIENT_PORT if scheme == "ray" else GCS_PORT)
 
@@ -129,9 +139,6 @@ def check_trial_resources(resources: Resources, out: Out = print, wait_seconds: 
             out(f"note: {text}; the autoscaler can add {fitting[0]} nodes, so the trials wait for them")
             return
         text += f", nor does any node group the autoscaler can add ({', '.join(groups)})"
-    elif wait_seconds <= 0 and _autoscaler_running():  # one that does not say what it can add
-        wait_seconds = AUTOSCALER_WAIT_S
-        out(f"note: {text}; an autoscaler is running: asking it for such a node, for up to {wait_seconds:g} s")
     if wait_seconds <= 0:
         raise PipelineError(
             f"{text}; lower it ({flag}), join a cluster that has them (--address) "
@@ -166,24 +173,15 @@ def _autoscaler_groups() -> dict[str, dict[str, float]]:
     """Node groups the cluster's autoscaler can start (max count not 0) and their resources.
 
     Read from the cluster config an autoscaler publishes in the GCS (as Ray Data does to decide
-    whether a cluster can scale); empty without one, or from an autoscaler that does not publish it.
+    whether a cluster can scale); empty without one, or from an autoscaler that does not publish
+    it (Ray 2.60's v1 autoscaler, the default of the cluster launcher and KubeRay): such a
+    cluster needs ``wait_seconds``, during which the autoscaler is asked for a node.
     """
     import ray._private.state
 
     config = ray._private.state.state.get_cluster_config()
     groups = config.node_group_configs if config is not None else ()
     return {group.name or "unnamed": dict(group.resources) for group in groups if group.max_count != 0}
-
-
-def _autoscaler_running() -> bool:
-    """Whether the head's monitor runs an autoscaler (its status report has an autoscaler part)."""
-    import json
-
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    return bool(status) and bool(json.loads(status).get("autoscaler_report"))
 
 
 def _wait_for_node(resources: Resources, wait_seconds: float, out: Out) -> None:

@@ -43,7 +43,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     datasets.check_search_episodes(store, config)
     state = _interrupted_search(config.experiment_dir) if resume else None
     client = tracking.make_client(config.tracking.uri)  # checks a tracking server answers
-    connect(config.ray.address, environ, config.ray.env_vars)
+    connect(config.ray.address, environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
 
     # Everything is validated: from here on the stage writes.

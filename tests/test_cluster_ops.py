@@ -153,13 +153,15 @@ def test_search_waits_for_a_gpu_node_then_records_the_cpu_it_really_used(
     driver = Driver(
         ["search", str(config), "--address", ray_nodes.address, "--wait-for-resources", "240"],
         cwd=tmp_path / "driver",
-        env=driver_env(**{SECRET_NAME: SECRET}),
+        env=driver_env(**{SECRET_NAME: SECRET, "MLFLOW_TRACKING_INSECURE_TLS": "false"}),
     )
     driver.wait_for_line("waiting for a Ray node with 1 CPU and 1 GPU: 0 of 240 s", timeout_s=120)
     gpu_worker.add()
     code, output = driver.finish(timeout_s=420)
     assert code == 0, output
     assert "a Ray node with 1 CPU and 1 GPU joined after" in output
+    note = "note: MLFLOW_TRACKING_INSECURE_TLS set here but not in ray.env_vars: trials on other nodes do not get it"
+    assert note in output.splitlines()
     warnings = [line for line in output.splitlines() if "warning: training on CPU: torch sees no CUDA device" in line]
     assert len(warnings) == 1, output  # once, in the trial's progress lines
     assert "Ray gave this trial GPU(s)" in warnings[0] and "CPU-only build" in warnings[0]
