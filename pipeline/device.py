@@ -45,12 +45,16 @@ def trial_device(setting: str, gpu_ids: Sequence[object]) -> TrialDevice:
         device = torch.device("cuda", 0)  # Ray's CUDA_VISIBLE_DEVICES makes the trial's first GPU index 0
         return TrialDevice(device, f"cuda:0 ({torch.cuda.get_device_name(device)})")
     held = f"Ray gave this trial GPU(s) {','.join(map(str, gpu_ids))}" if gpu_ids else "this trial holds no Ray GPU"
-    why = f"torch sees no CUDA device ({held}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}; {_torch_build()})"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    why = f"torch sees no CUDA device ({held}; CUDA_VISIBLE_DEVICES={visible}; {_torch_build()})"
     if setting == "cuda":
-        raise PipelineError(f"device is 'cuda' but {why}; install a CUDA build of torch on the GPU nodes or set device: auto")
+        raise PipelineError(
+            f"device is 'cuda' but {why}; install a CUDA build of torch on the GPU nodes or set device: auto"
+        )
     return TrialDevice(torch.device("cpu"), "cpu", f"training on CPU: {why}")
 
 
 def _torch_build() -> str:
-    cuda = torch.version.cuda
-    return f"torch {torch.__version__} built for CUDA {cuda}" if cuda else f"torch {torch.__version__} is a CPU-only build"
+    if torch.version.cuda:
+        return f"torch {torch.__version__} built for CUDA {torch.version.cuda}"
+    return f"torch {torch.__version__} is a CPU-only build"

@@ -74,7 +74,9 @@ def connect(
             ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env or None)
     except ConnectionError as exc:  # e.g. address "auto" with no cluster running here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"cannot join a Ray cluster at {address} (ray.address / --address / RAY_ADDRESS): {reason}") from None
+        raise PipelineError(
+            f"cannot join a Ray cluster at {address} (ray.address / --address / RAY_ADDRESS): {reason}"
+        ) from None
 
 
 def forwarded_env(names: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:

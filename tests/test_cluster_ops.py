@@ -286,3 +286,18 @@ def test_resource_wait_reports_progress_then_gives_up_in_one_line(pipeline_ray):
     assert lines == ["waiting for a Ray node with 1 CPU and 1 GPU: 0 of 3 s"]
     check_trial_resources(Resources(cpu=1, gpu=0), lines.append, wait_seconds=3)  # fits now: no wait, no line
     assert len(lines) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a torch that sees no CUDA device")
+def test_trial_device_uses_cuda_only_for_a_gpu_it_holds_and_can_see(monkeypatch):
+    from pipeline.device import trial_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # what Ray sets for a trial given GPU 3
+    assert trial_device("auto", []).device.type == "cpu" and trial_device("auto", []).warning is None
+    assert trial_device("cpu", ["3"]).warning is None
+    warned = trial_device("auto", ["3"])
+    assert (str(warned.device), warned.name) == ("cpu", "cpu")
+    assert warned.warning.startswith("training on CPU: torch sees no CUDA device (Ray gave this trial GPU(s) 3; "
+                                     "CUDA_VISIBLE_DEVICES=3; torch ")  # fmt: skip
+    with pytest.raises(PipelineError, match=r"^device is 'cuda' but torch sees no CUDA device \(Ray gave this trial"):
+        trial_device("cuda", ["3"])

@@ -247,7 +247,8 @@ def _cluster_config_map() -> tuple[dict[str, Any], str, str]:
     config_map = _one(docs, "ConfigMap")
     (key,) = config_map["data"]
     head = _ray_pods(_one(docs, "RayCluster"))["head"]
-    volumes = {v["name"] for v in head.get("volumes", []) if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]}
+    name = config_map["metadata"]["name"]
+    volumes = {v["name"] for v in head.get("volumes", []) if v.get("configMap", {}).get("name") == name}
     mounts = [m for m in _ray_container(head).get("volumeMounts", []) if m["name"] in volumes]
     assert mounts, "the head does not mount the cluster config"
     return config_map, key, f"{mounts[0]['mountPath']}/{key}"
@@ -317,7 +318,8 @@ def test_kuberay_tracking_server_allows_the_uri_clients_use(tmp_path) -> None:
     assert is_allowed_host_header(hosts, uri.netloc), f"the server would answer 403 to Host {uri.netloc}"
     assert options["artifacts-destination"].startswith("s3://"), "artifacts are not on object storage"
     service = _one(docs, "Service", uri.hostname)
-    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), f"Service {uri.hostname} selects no pod"
+    selects = service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert selects, f"Service {uri.hostname} selects no pod"
     assert uri.port in [port["port"] for port in service["spec"]["ports"]]
     assert int(options["port"]) in [port["containerPort"] for port in container["ports"]]
     database = urlsplit(options["backend-store-uri"])
