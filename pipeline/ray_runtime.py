@@ -28,6 +28,9 @@ QUIET_ENV = {
 PROJECT_PACKAGES = ("pipeline", "learners", "tasks", "deploy")
 GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults for host[:port] and ray://host[:port]
 PROBE_TIMEOUT_S = 5.0
+# An HTTP/2 client preface and an empty SETTINGS frame (9-byte header: length 0, type 4).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HTTP2_SETTINGS = 0x04  # frame type in byte 3 of a frame header
 WAIT_POLL_S, WAIT_REPORT_S = 1.0, 15.0
 KINDS = (("CPU", "cpu", "--cpus-per-trial"), ("GPU", "gpu", "--gpus-per-trial"))
 # MLflow client settings a trial on another node lacks unless forwarded (the tracking URI
@@ -91,21 +94,68 @@ def forwarded_env(names: Sequence[str], environ: Mapping[str, str]) -> dict[str,
 
 
 def probe_address(address: str) -> None:
-    """One TCP connection to the Ray head behind ``address``; an error within seconds when it fails.
+    """Make sure a Ray head answers at ``address``, within seconds where ``ray.init`` would retry
+    for minutes: a TCP connection, then (for a GCS address) an HTTP/2 greeting, as the GCS
+    speaks gRPC, and one call to the GCS.
 
     ``auto`` and ``local`` are left to Ray (it looks for a cluster started on this machine).
     """
     if address in ("auto", "local"):
         return
     host, port = _host_port(address)
+    client = address.startswith("ray://")  # the Ray Client server, not the GCS
+    where = f"the Ray cluster at {address} (ray.address / --address / RAY_ADDRESS)"
     try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as connection:
+            grpc = client or _answers_http2(connection)
     except OSError as exc:
         reason = f"no answer within {PROBE_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else _os_reason(exc)
         raise PipelineError(
-            f"cannot reach the Ray cluster at {address} (ray.address / --address / RAY_ADDRESS): "
-            f"{host}:{port} {reason}; is the head running (`ray start --head`) and the port open?"
+            f"cannot reach {where}: {host}:{port} {reason}; is the head running (`ray start --head`) and the port open?"
         ) from None
+    if client:
+        return
+    refusal = _gcs_refusal(f"{host}:{port}") if grpc else "it does not speak gRPC"
+    if refusal:
+        raise PipelineError(
+            f"{where} is not a Ray head: {host}:{port} answers, but not as Ray's GCS ({refusal}); give the "
+            "port of `ray start --head --port` (default 6379), not the dashboard's (8265)"
+        )
+
+
+def _answers_http2(connection: socket.socket) -> bool:
+    """Whether the server answers an HTTP/2 client preface with a SETTINGS frame (gRPC servers
+    do; HTTP/1 servers such as Ray's dashboard or MLflow answer otherwise or hang up)."""
+    connection.sendall(HTTP2_PREFACE)
+    header = b""
+    try:
+        while len(header) < 9 and (chunk := connection.recv(9 - len(header))):
+            header += chunk
+    except TimeoutError:
+        return False
+    return len(header) == 9 and header[3] == HTTP2_SETTINGS
+
+
+def _gcs_refusal(address: str) -> str | None:
+    """Why the GCS at ``address`` did not answer one call, or None when it did.
+
+    Ray's C++ client logs a failed attempt straight to file descriptor 2: that line is kept out
+    of the user's terminal (the error says it in one line).
+    """
+    import ray._raylet
+    from ray.exceptions import RpcError
+
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            ray._raylet.InnerGcsClient.standalone(address, None, int(PROBE_TIMEOUT_S * 1000))
+    except RpcError as exc:
+        return str(exc).removeprefix("RPC error: ")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return None
 
 
 def _host_port(address: str) -> tuple[str, int]:

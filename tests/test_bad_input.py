@@ -322,6 +322,13 @@ MISTAKES = [
         within_s=15,
     ),
     Mistake(
+        "ray-address-not-a-head", "gives the tracking server's host:port as the Ray address",
+        "learn2tune search {config} --address {refusing_server_address}",
+        "the Ray cluster at {refusing_server_address} (ray.address / --address / RAY_ADDRESS) is not a Ray head: "
+        "{refusing_server_address} answers, but not as Ray's GCS (",
+        within_s=15,
+    ),
+    Mistake(
         "ray-missing-forwarded-variable", "forwards a variable to the trials that the driver does not have",
         "learn2tune search {config} --set ray.env_vars=[L2T_NEVER_SET]",
         "ray.env_vars names L2T_NEVER_SET, not set in this environment; set it before starting learn2tune "
@@ -484,8 +491,9 @@ def test_mistake_gets_one_line_and_changes_nothing(
     if mistake.setup is not None:
         mistake.setup(tmp_path, world)
     places = world.places(tmp_path)
-    if "{refusing_server}" in str(mistake.command):  # started only for the rows that need it
-        places["refusing_server"] = request.getfixturevalue("ops_mlflow_server").refusing_url
+    if "{refusing_server" in str(mistake.command):  # started only for the rows that need it
+        server = request.getfixturevalue("ops_mlflow_server").refusing_url
+        places.update(refusing_server=server, refusing_server_address=server.removeprefix("http://"))
     before = snapshot(world.root, tmp_path)
     started = time.monotonic()
     if isinstance(mistake.command, Request):
