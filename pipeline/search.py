@@ -42,11 +42,12 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
     state = _interrupted_search(config.experiment_dir) if resume else None
-    client = tracking.make_client(config.tracking.uri)  # checks a tracking server answers
+    tracking.check_server(config.tracking.uri)  # before Ray starts; a local store is created only below
     connect(config.ray.address, environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
 
     # Everything is validated: from here on the stage writes.
+    client = tracking.make_client(config.tracking.uri)
     if state is None:
         _set_aside_previous(config.experiment_dir, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
