@@ -129,11 +129,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.register import register
     from pipeline.report import run_summary
     from pipeline.search import RESULT_FILE, search
+    from pipeline.tracking import check_server
 
     config = _config(args)
     datasets.validate_build(config)
-    connect(config.ray.address, os.environ)
-    check_trial_resources(config.search.resources)
+    check_server(config.tracking.uri)
+    connect(config.ray.address, os.environ, config.ray.env_vars, out)
+    check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
     out(f"== build: {config.data.source} -> {config.dataset_dir}")
     datasets.build(config, out, overwrite=args.overwrite)
     store = datasets.open_dataset(config)
@@ -151,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out("\n" + run_summary(evaluation, registered))
     config_arg = f" {args.config}" if args.config else ""
     out(f"\nmake it the champion and serve it:\n  learn2tune promote{config_arg}\n  learn2tune serve{config_arg}")
-    out("\nbrowse runs, curves and the registry with:\n  " + " ".join(ui_command(config)))
+    out("\nbrowse runs, curves and the registry with:\n  " + ui_hint(config))
     return 0
 
 
@@ -176,9 +178,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.tracking import check_server, is_server
+
     config = _config(args)
-    if "://" in config.tracking.uri and not config.tracking.uri.startswith("sqlite:"):
-        out(f"the tracking server at {config.tracking.uri} serves the MLflow UI itself")
+    if is_server(config.tracking.uri):
+        check_server(config.tracking.uri)
+        out(ui_hint(config))
         return 0
     command = ui_command(config, args.port)
     out(" ".join(command))
@@ -190,6 +195,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def _terminal():
     """stdout when it is a terminal (progress lines are rewritten in place there), else None."""
     return sys.stdout if sys.stdout.isatty() else None
+
+
+def ui_hint(config: Config) -> str:
+    """How to open the MLflow UI: a tracking server serves it at its own URL (``mlflow ui`` cannot
+    open an HTTP store); a local store needs ``mlflow ui``."""
+    from pipeline.tracking import is_server
+
+    if is_server(config.tracking.uri):
+        return f"open {config.tracking.uri} in a browser (the tracking server serves the MLflow UI)"
+    return " ".join(ui_command(config))
 
 
 def ui_command(config: Config, port: int = 5000) -> list[str]:
@@ -249,6 +264,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "cpus_per_trial": ("search.resources.cpu", "scalar"),
     "gpus_per_trial": ("search.resources.gpu", "scalar"),
     "address": ("ray.address", "text"),
+    "wait_for_resources": ("ray.wait_for_resources", "scalar"),
     "ways": ("episodes.test.ways", "list"),
     "shots": ("episodes.test.shots", "list"),
     "episodes": ("episodes.test.episodes", "scalar"),
@@ -356,6 +372,9 @@ def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", help="CPUs per trial")
     parser.add_argument("--gpus-per-trial", help="GPUs per trial (fractions share a GPU)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument(
+        "--wait-for-resources", metavar="SECONDS", help="wait this long for a node that can hold one trial to join"
+    )
 
 
 def _evaluate_flags(parser: argparse.ArgumentParser) -> None:

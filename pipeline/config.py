@@ -35,6 +35,7 @@ from tasks.storage import Location
 
 DEFAULT_GRACE_FRACTION = 0.25  # of search.max_iterations (100 of the default 400)
 NAME = Text(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a name of letters, digits, '.', '_' or '-'")
+ENV_NAME = Text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name (letters, digits, '_')")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,10 @@ class SearchConfig:
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = setting(None, Optional(Text()))
+    # driver environment variables the trials get (runtime_env env_vars), by name; values are never logged
+    env_vars: tuple[str, ...] = setting((), ListOf(ENV_NAME, empty=True))
+    # seconds the search waits for nodes that can hold one trial (0: refuse at once unless an autoscaler can add them)
+    wait_for_resources: float = setting(0, Number(0))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ class ProgressLines(Callback):
         self._out(f"  [{trial.trial_id}] start {trial.config.get(FAMILY_KEY)} {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("device_warning"):  # the trial's first report after it could not use its GPU
+            self._out(f"  [{trial.trial_id}] warning: {result['device_warning']}")
         self._out(
             f"  [{trial.trial_id}] iter {result['iteration']:>6}  loss {result['loss']:.3f}  "
             f"train acc {result['train_accuracy']:.3f}  val acc {result['val_accuracy']:.3f}"

@@ -114,16 +114,17 @@ class Optional:
 
 @dataclass(frozen=True)
 class ListOf:
-    """A non-empty list of values (a single value is taken as a list of one)."""
+    """A list of values, non-empty unless ``empty`` (a single value is taken as a list of one)."""
 
     rule: Rule
+    empty: bool = False
 
     def describe(self) -> str:
-        return f"a non-empty list, each {self.rule.describe()}"
+        return f"a {'' if self.empty else 'non-empty '}list, each {self.rule.describe()}"
 
     def accepts(self, value: Any) -> tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
-        if not items:
+        if not items and not self.empty:
             raise _Reject
         return tuple(self.rule.accepts(item) for item in items)
 

@@ -45,8 +45,9 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     datasets.check_search_episodes(store, config)
     experiment = config.experiment_location
     state = _interrupted_search(experiment) if resume else None
-    connect(config.ray.address, environ)
-    check_trial_resources(config.search.resources)
+    tracking.check_server(config.tracking.uri)  # before Ray starts; a local store is created only below
+    connect(config.ray.address, environ, config.ray.env_vars, out)
+    check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
     shared = share_dataset(store) if config.search.data == "object-store" else None
 
     # Everything is validated: from here on the stage writes.
@@ -281,8 +282,10 @@ def _trial_record(result, trial_id: str, run_id: str | None, trial_dir: Location
         "iterations": (result.metrics or {}).get("iteration", 0),
         "checkpoint": trial_dir.at(best[0].path).uri if best else None,
         "final_checkpoint": trial_dir.at(result.checkpoint.path).uri if result.checkpoint else None,
-        "node_id": (result.metrics or {}).get(NODE_KEY),
         "error": error_reason(result.error) if result.error else None,
+        # where its last report came from (a restarted trial may have moved)
+        "node_id": (result.metrics or {}).get(NODE_KEY),
+        "device": (result.metrics or {}).get("device"),
     }
 
 

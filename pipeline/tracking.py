@@ -21,13 +21,70 @@ TRIAL_TAG = "learn2tune.trial_id"
 ROLE_TAG = "learn2tune.role"
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
+SERVER_TIMEOUT_S = 5.0
+PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search"  # the API itself: /health skips the Host check
 
 
 def make_client(uri: str) -> MlflowClient:
-    """A client for the tracking store at ``uri`` (the registry lives in the same store)."""
+    """A client for the tracking store at ``uri`` (the registry lives in the same store), after
+    :func:`check_server` has seen a tracking server there answer."""
     from mlflow import MlflowClient
 
+    check_server(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (HTTP) rather than a local store (SQLite, files)."""
+    return uri.startswith(("http://", "https://"))
+
+
+def check_server(uri: str) -> None:
+    """For a tracking server, one API call with MLflow's own credentials (``MLFLOW_TRACKING_TOKEN``,
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, TLS settings) and no retries; a one-line error
+    naming ``uri`` and the status unless it answers 200. MLflow's client would otherwise retry
+    an unreachable server for minutes before a long traceback."""
+    if not is_server(uri):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    where = f"the MLflow tracking server at {uri} (tracking.uri / MLFLOW_TRACKING_URI)"
+    try:
+        response = http_request(
+            get_default_host_creds(uri), PROBE_ENDPOINT, "GET",
+            max_retries=0, timeout=SERVER_TIMEOUT_S, raise_on_status=False, params={"max_results": 1},
+        )  # fmt: skip
+    except MlflowException as exc:
+        raise PipelineError(f"cannot reach {where}: {_connection_reason(exc)}") from None
+    status = response.status_code
+    if status == 200:
+        return
+    answer = f"{where} answered {status} {response.reason}"
+    if status == 401:
+        raise PipelineError(f"{answer}: set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")
+    if status == 403:
+        body = response.text.strip().splitlines()[0][:200] if response.text.strip() else "no reason given"
+        raise PipelineError(
+            f"{answer} ({body}): the server refuses this client; if it names the Host header, start "
+            "the server with --allowed-hosts listing the host name in the URI, else check its permissions"
+        )
+    raise PipelineError(f"{answer}; is it an MLflow tracking server (the URI without /api/... paths)?")
+
+
+def _connection_reason(error: BaseException) -> str:
+    """Why a request failed, from the innermost cause (``connection refused``, a timeout, DNS)."""
+    import requests
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, requests.exceptions.Timeout):
+            return f"no answer within {SERVER_TIMEOUT_S:g} s"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return str(error).splitlines()[0]
 
 
 def artifact_root(uri: str) -> Path | None:
@@ -108,6 +165,13 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
     items = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on the run in one request (values cut to MLflow's limit)."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()])
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from mlflow import MlflowClient
-import ray
 from ray import tune
 
 from learners.base import Learner
@@ -25,7 +26,9 @@ from learners.checkpoint import fresh_learner, load_learner, save_learner
 from learners.registry import make_hparams
 from pipeline import tracking
 from pipeline.config import Config
-from pipeline.device import pick_device
+from pipeline.device import TrialDevice, trial_device
+from pipeline.errors import PipelineError
+from pipeline.placement import DEVICE_ERROR_TAG, device_tags, gpu_ids, placement_tags
 from pipeline.scoring import episode_accuracies
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, trial_hparams
 from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
@@ -56,7 +59,6 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
     index = trial_config[INDEX_KEY]
     seed = config.seed + index
     torch.set_num_threads(max(1, int(config.search.resources.cpu)))
-    device = pick_device(config.device)
 
     client = tracking.make_client(config.tracking.uri)
     run_id, new_run = tracking.trial_run(
@@ -66,14 +68,29 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
         params = {"family": family, "seed": seed, **dataclasses.asdict(hparams)}
         tracking.log_params(client, run_id, params)
     try:  # a failure from here on, even building the learner (out of memory), ends the run FAILED
+        device = _device(config, client, run_id)
         store = trial_dataset(config, context.shared)  # never the driver's disk
-        learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device)
+        learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device.device)
         if start:
             client.set_tag(run_id, RESTORED_TAG, str(start))
-        _train(learner, start, store, config, seed, client, run_id, family)
+        _train(learner, start, store, config, seed, client, run_id, family, device)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
+
+
+def _device(config: Config, client: MlflowClient, run_id: str) -> TrialDevice:
+    """The device this trial trains on, recorded on the trial's run with the node and resources
+    it holds (those first, so a ``device: cuda`` without CUDA that fails here shows where it was)."""
+    held = gpu_ids()
+    tracking.set_tags(client, run_id, placement_tags(held, config.ray.env_vars, os.environ))
+    try:
+        device = trial_device(config.device, held)
+    except PipelineError as exc:
+        tracking.set_tags(client, run_id, {DEVICE_ERROR_TAG: str(exc)})
+        raise
+    tracking.set_tags(client, run_id, device_tags(device))
+    return device
 
 
 def _initial_learner(
@@ -103,6 +120,7 @@ def _train(
     client: MlflowClient,
     run_id: str,
     family: str,
+    device_used: TrialDevice,
 ) -> None:
     search, episodes = config.search, config.episodes
     target = EpisodeSpec(episodes.train.ways, episodes.train.shots, episodes.train.query)
@@ -116,7 +134,7 @@ def _train(
     sampler = EpisodeSampler(train_split, spec, tasks=episodes.meta_batch, seed=sampler_seed)
     val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
     device = learner.device
-    node = {NODE_KEY: ray.get_runtime_context().get_node_id()}
+    node_id = ray.get_runtime_context().get_node_id()
     window: list[dict[str, float]] = []
     for iteration in range(start + 1, search.max_iterations + 1):
         window.append(learner.meta_train_step(sampler.sample().to(device)))
@@ -133,12 +151,14 @@ def _train(
             "val_accuracy": float(episode_accuracies(learner, val_batches, device).mean()),
         }
         window = []
+        placement = {"device": str(device_used.device), NODE_KEY: node_id}
+        if device_used.warning and iteration <= start + search.eval_every:  # this attempt's first report
+            placement["device_warning"] = device_used.warning
         tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k != "iteration"}, iteration)
         if iteration % search.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
                 save_learner(learner, directory, {"iteration": iteration})
-                tune.report(
-                    {**metrics, FAMILY_KEY: family, **node}, checkpoint=tune.Checkpoint.from_directory(directory)
-                )
+                report = {**metrics, **placement, FAMILY_KEY: family}
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
-            tune.report({**metrics, FAMILY_KEY: family, **node})
+            tune.report({**metrics, **placement, FAMILY_KEY: family})

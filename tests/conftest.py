@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# The cluster-ops starters (mlflow server, ray start nodes), until tests/services.py replaces them.
+pytest_plugins = ["tests.ops_services"]
+
 
 @pytest.fixture(scope="session")
 def pipeline_ray():

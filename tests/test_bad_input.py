@@ -133,6 +133,7 @@ def delete(dataset: Path, name: str) -> None:
 # ---------------------------------------------------------------- the table
 
 SEARCH_COPY = "learn2tune search {config} --set data.dir={tmp}/dataset"
+UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
 STORE = "sqlite:///{root}/mlflow.db"
 
 MISTAKES = [
@@ -342,6 +343,49 @@ MISTAKES = [
         "learn2tune search {config} --gpus-per-trial 0.5 --set device=cpu",
         "config error: search.resources.gpu is 0.5 but device is 'cpu'",
     ),
+    Mistake(
+        "resources-wait-times-out", "waits for a GPU node that never joins",
+        "learn2tune search {config} --gpus-per-trial 1 --wait-for-resources 2",
+        "search.resources.gpu asks for 1 GPU(s) per trial but the largest Ray node has 0 (cluster total 0) "
+        "after waiting 2 s for a node that can hold one trial (--wait-for-resources / ray.wait_for_resources)",
+    ),
+    # --- the cluster and the tracking server: one line within 15 s, not minutes of retries
+    Mistake(
+        "ray-wrong-address", "points --address at a port where no Ray head listens",
+        "learn2tune search {config} --address 127.0.0.1:1",
+        "cannot reach the Ray cluster at 127.0.0.1:1 (ray.address / --address / RAY_ADDRESS): "
+        "127.0.0.1:1 connection refused; is the head running (`ray start --head`) and the port open?",
+    ),
+    Mistake(
+        "ray-address-not-a-head", "gives the tracking server's host:port as the Ray address",
+        "learn2tune search {config} --address {refusing_server_address}",
+        "the Ray cluster at {refusing_server_address} (ray.address / --address / RAY_ADDRESS) is not a Ray head: "
+        "{refusing_server_address} answers, but not as Ray's GCS (",
+    ),
+    Mistake(
+        "ray-missing-forwarded-variable", "forwards a variable to the trials that the driver does not have",
+        "learn2tune search {config} --set ray.env_vars=[L2T_NEVER_SET]",
+        "ray.env_vars names L2T_NEVER_SET, not set in this environment; set it before starting learn2tune "
+        "or remove it from ray.env_vars",
+    ),
+    *(
+        Mistake(
+            f"tracking-unreachable-{command}", f"runs {command} against a tracking server that is not running",
+            f"learn2tune {command} {{config}} --set tracking.uri={UNREACHABLE}",
+            f"cannot reach the MLflow tracking server at {UNREACHABLE} (tracking.uri / MLFLOW_TRACKING_URI): "
+            "connection refused",
+        )
+        for command in ("search", "run", "evaluate", "register", "promote", "serve", "ui")
+    ),
+    *(
+        Mistake(
+            f"tracking-forbidden-{command}", f"runs {command} against a tracking server that answers 403 to its Host",
+            f"learn2tune {command} {{config}} --set tracking.uri={{refusing_server}}",
+            "the MLflow tracking server at {refusing_server} (tracking.uri / MLFLOW_TRACKING_URI) answered "
+            "403 Forbidden (Invalid Host header - possible DNS rebinding attack detected)",
+        )
+        for command in ("search", "serve")
+    ),
     # --- stage order and registry names
     Mistake(
         "order-evaluate-before-search", "evaluates an experiment that was never searched",
@@ -491,7 +535,7 @@ ONE_LINE_WITHIN_S = 15
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
 def test_mistake_gets_one_line_and_changes_nothing(
-    mistake: Mistake, world: World, s3_server, tmp_path, capsys, monkeypatch
+    mistake: Mistake, world: World, s3_server, tmp_path, capsys, monkeypatch, request
 ):
     """The row's command or request fails with the row's one line, within ONE_LINE_WITHIN_S; no
     file under {root} or {tmp} changes. The AWS variables point at the test's S3 server."""
@@ -500,6 +544,9 @@ def test_mistake_gets_one_line_and_changes_nothing(
     if mistake.setup is not None:
         mistake.setup(tmp_path, world)
     places = world.places(tmp_path)
+    if "{refusing_server" in str(mistake.command):  # started only for the rows that need it
+        server = request.getfixturevalue("ops_mlflow_server").refusing_url
+        places.update(refusing_server=server, refusing_server_address=server.removeprefix("http://"))
     before = snapshot(world.root, tmp_path)
     started = time.monotonic()
     if isinstance(mistake.command, Request):

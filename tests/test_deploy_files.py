@@ -4,9 +4,13 @@ with each other and with the project.
 - ``ray-cluster.yaml``: valid against the autoscaler schema bundled with the installed Ray
   (with ``jsonschema`` when importable, else the schema's required and allowed keys by hand),
   plus the cross-field rules ``ray up`` adds; a GPU worker type that fits one trial of
-  configs/omniglot.yaml and stays up; torch pinned before the project is installed.
+  configs/omniglot.yaml and stays up or is waited for; torch pinned before the project is
+  installed; a tracking server on the head; the workdir on S3.
 - ``kuberay-raycluster.yaml``: a ``ray.io/v1`` RayCluster whose head and workers share one
-  image, a Ray version and the shared workdir volume; a GPU worker group; a serving Deployment.
+  image and a Ray version; a GPU worker group; the cluster config (a ConfigMap) valid for the
+  project, with its workdir on S3, its forwarded variables set on the head and its tracking
+  URI a Host the MLflow server allows (MLflow's own check); the tracking server's database and
+  Services; a serving Deployment.
 - ``Dockerfile``: FROM first, torch==2.13.0 (the Makefile's pin) installed before the project,
   the default command ``learn2tune serve`` on 0.0.0.0 and the exposed port.
 - Every ``learn2tune COMMAND`` mentioned in these files and deploy/README.md is a subcommand
@@ -54,10 +58,20 @@ def _kuberay_docs() -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(KUBERAY.read_text()) if doc]
 
 
-def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [doc for doc in docs if doc.get("kind") == kind]
-    assert len(found) == 1, f"{KUBERAY.name}: expected one {kind}, found {len(found)}"
+def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [doc for doc in docs if doc.get("kind") == kind and name in (None, doc["metadata"]["name"])]
+    assert len(found) == 1, f"{KUBERAY.name}: expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
+
+
+def _documented_lines(path: Path, command: str) -> list[list[str]]:
+    """The argv (after ``learn2tune``) of every full ``learn2tune COMMAND ... --flag ...`` line in ``path``."""
+    lines = [shlex.split(match.group(1)) for match in COMMAND_LINE.finditer(path.read_text())]
+    return [argv for argv in lines if argv and argv[0] == command and any(arg.startswith("--") for arg in argv)]
+
+
+def _flag_values(argv: list[str], name: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == name]
 
 
 def _trial_resources() -> Resources:
@@ -139,7 +153,7 @@ def test_launcher_node_types_follow_ray_up_rules() -> None:
     assert min_total <= config["max_workers"], "max_workers is below the sum of the node types' min_workers"
 
 
-def test_launcher_gpu_workers_fit_a_trial_and_stay_up() -> None:
+def test_launcher_gpu_workers_fit_a_trial_and_are_waited_for() -> None:
     config, trial = _load_yaml(LAUNCHER), _trial_resources()
     workers = {name: node for name, node in config["available_node_types"].items() if name != config["head_node_type"]}
     gpu_types = {name: node for name, node in workers.items() if node["resources"].get("GPU", 0) >= 1}
@@ -150,10 +164,29 @@ def test_launcher_gpu_workers_fit_a_trial_and_stay_up() -> None:
             f"{name} ({resources}) cannot hold one trial of {GPU_CONFIG.name} ({trial})"
         )
         assert node.get("max_workers", config["max_workers"]) >= 1
-    # The search refuses to start unless an alive node can hold a trial; it does not wait for
-    # the autoscaler, so a GPU node must be up from the start.
-    stays_up = [name for name, node in gpu_types.items() if node.get("min_workers", 0) >= 1]
-    assert stays_up, "no GPU worker type has min_workers >= 1"
+    # With no GPU node up at the start, the documented runs must wait for the autoscaler.
+    if not any(node.get("min_workers", 0) >= 1 for node in gpu_types.values()):
+        runs = _documented_lines(LAUNCHER, "run")
+        assert runs and all(_flag_values(argv, "--wait-for-resources") for argv in runs), (
+            "GPU workers start at 0 but a documented `learn2tune run` does not pass --wait-for-resources"
+        )
+
+
+def test_launcher_keeps_the_workdir_on_s3_and_runs_a_tracking_server_on_the_head() -> None:
+    config = _load_yaml(LAUNCHER)
+    for argv in _documented_lines(LAUNCHER, "run"):
+        workdirs = [value.split("=", 1)[1] for value in _flag_values(argv, "--set") if value.startswith("workdir=")]
+        assert workdirs and all(w.startswith("s3://") for w in workdirs), f"workdir not on S3 in {argv}"
+    servers = [command for command in config["head_start_ray_commands"] if "mlflow server" in command]
+    assert len(servers) == 1, "the head does not start the MLflow tracking server"
+    argv = shlex.split(servers[0].split("nohup", 1)[1])
+    assert _flag(argv, "--artifacts-destination").startswith("s3://"), "artifacts are not on object storage"
+    assert _flag(argv, "--backend-store-uri") == "$MLFLOW_BACKEND_STORE_URI"
+    assert _flag(argv, "--port") == "5000" and ":5000" in _flag(argv, "--allowed-hosts")
+    head_env = "\n".join(config["head_setup_commands"])
+    assert "MLFLOW_BACKEND_STORE_URI=postgresql://" in head_env and "MLFLOW_TRACKING_URI=http://" in head_env
+    node_configs = [node["node_config"] for node in config["available_node_types"].values()]
+    assert all("IamInstanceProfile" in node for node in node_configs), "a node type cannot reach the bucket"
 
 
 def test_launcher_setup_installs_torch_then_the_mounted_project() -> None:
@@ -208,8 +241,30 @@ def test_kuberay_cluster_shares_one_image_and_ray_version() -> None:
     assert "MLFLOW_TRACKING_URI" in head_env, "the driver (head) needs MLFLOW_TRACKING_URI"
 
 
-def test_kuberay_gpu_worker_group_fits_a_trial_and_stays_up() -> None:
-    cluster, trial = _one(_kuberay_docs(), "RayCluster"), _trial_resources()
+def _cluster_config_map() -> tuple[dict[str, Any], str, str]:
+    """The ConfigMap with the cluster's learn2tune config: (document, key, path in the head pod)."""
+    docs = _kuberay_docs()
+    config_map = _one(docs, "ConfigMap")
+    (key,) = config_map["data"]
+    head = _ray_pods(_one(docs, "RayCluster"))["head"]
+    name = config_map["metadata"]["name"]
+    volumes = {v["name"] for v in head.get("volumes", []) if v.get("configMap", {}).get("name") == name}
+    mounts = [m for m in _ray_container(head).get("volumeMounts", []) if m["name"] in volumes]
+    assert mounts, "the head does not mount the cluster config"
+    return config_map, key, f"{mounts[0]['mountPath']}/{key}"
+
+
+def _cluster_config(tmp_path: Path) -> Config:
+    """The cluster config, through the project's own validation."""
+    document, key, _ = _cluster_config_map()
+    path = tmp_path / key
+    path.write_text(document["data"][key])
+    return load_config(path, cwd=Path("/app"), environ={})
+
+
+def test_kuberay_gpu_worker_group_fits_a_trial_and_is_waited_for(tmp_path) -> None:
+    cluster, config = _one(_kuberay_docs(), "RayCluster"), _cluster_config(tmp_path)
+    trial = config.search.resources
     gpu_groups = [
         group
         for group in cluster["spec"]["workerGroupSpecs"]
@@ -220,30 +275,69 @@ def test_kuberay_gpu_worker_group_fits_a_trial_and_stays_up() -> None:
         name, pod = group["groupName"], group["template"]["spec"]
         limits = _ray_container(pod)["resources"]["limits"]
         assert _cpu_quantity(limits["cpu"]) >= trial.cpu, f"{name}: {limits['cpu']} CPUs cannot hold a trial ({trial})"
+        assert int(limits["nvidia.com/gpu"]) >= trial.gpu, f"{name}: too few GPUs for a trial ({trial})"
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], f"{name}: replicas out of range"
-        assert group["minReplicas"] >= 1, f"{name}: the search needs a GPU node up when it starts (minReplicas >= 1)"
+        assert group["maxReplicas"] >= 1, f"{name} can never start a pod"
+        if group["minReplicas"] == 0:  # the search must wait for the autoscaler's first GPU pod
+            assert config.ray.wait_for_resources > 0, f"{name} starts at 0 pods but ray.wait_for_resources is 0"
         tolerated = {toleration.get("key") for toleration in pod.get("tolerations", [])}
         assert "nvidia.com/gpu" in tolerated, f"{name}: no toleration for GPU nodes' nvidia.com/gpu taint"
 
 
-def test_kuberay_workdir_volume_is_shared_by_every_ray_pod() -> None:
+def test_kuberay_cluster_config_is_on_s3_and_forwards_what_the_head_has(tmp_path) -> None:
     docs = _kuberay_docs()
-    cluster = _one(docs, "RayCluster")
-    claims = {doc["metadata"]["name"]: doc for doc in docs if doc.get("kind") == "PersistentVolumeClaim"}
-    # The manifest mounts the shared volume where the default workdir resolves in the image.
-    workdir = (Path(_dockerfile_workdir()) / Config.workdir).as_posix()
-    for group, pod in _ray_pods(cluster).items():
-        volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
-        mounts = [m for m in _ray_container(pod).get("volumeMounts", []) if m["mountPath"] == workdir]
-        assert mounts, f"{group}: nothing is mounted at the workdir {workdir}"
-        claim = volumes[mounts[0]["name"]].get("persistentVolumeClaim", {}).get("claimName")
-        assert claim in claims, f"{group}: the workdir mount is not a PVC defined in {KUBERAY.name}"
-        assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"], f"PVC {claim} must be ReadWriteMany"
+    config = _cluster_config(tmp_path)
+    document, key, mounted_at = _cluster_config_map()
+    assert yaml.safe_load(document["data"][key])["workdir"].startswith("s3://"), "the workdir is not on S3"
+    head = _ray_container(_ray_pods(_one(docs, "RayCluster"))["head"])
+    head_env = {item["name"] for item in head.get("env", [])}
+    for source in head.get("envFrom", []):
+        head_env |= set(_one(docs, "Secret", source["secretRef"]["name"])["stringData"])
+    missing = set(config.ray.env_vars) - head_env
+    assert config.ray.env_vars and not missing, f"ray.env_vars names {sorted(missing)}, which the head does not have"
+    for group in _one(docs, "RayCluster")["spec"]["workerGroupSpecs"]:  # the trials get them forwarded
+        assert not _ray_container(group["template"]["spec"]).get("envFrom"), f"{group['groupName']} pods hold secrets"
+    for path in (KUBERAY, README):
+        for argv in _documented_lines(path, "run") + _documented_lines(path, "promote"):
+            if len(argv) > 1 and argv[1].startswith("/app/cluster"):
+                assert argv[1] == mounted_at, f"{path.name}: `learn2tune {' '.join(argv)}` is not the mounted config"
+
+
+def test_kuberay_tracking_server_allows_the_uri_clients_use(tmp_path) -> None:
+    from urllib.parse import urlsplit
+
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    docs = _kuberay_docs()
+    uri = urlsplit(_cluster_config(tmp_path).tracking.uri)
+    pod = _one(docs, "Deployment", "mlflow")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"][:2] == ["mlflow", "server"]
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in container["command"][2:])
+    hosts = options["allowed-hosts"].split(",")
+    assert is_allowed_host_header(hosts, uri.netloc), f"the server would answer 403 to Host {uri.netloc}"
+    assert options["artifacts-destination"].startswith("s3://"), "artifacts are not on object storage"
+    service = _one(docs, "Service", uri.hostname)
+    selects = service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert selects, f"Service {uri.hostname} selects no pod"
+    assert uri.port in [port["port"] for port in service["spec"]["ports"]]
+    assert int(options["port"]) in [port["containerPort"] for port in container["ports"]]
+    database = urlsplit(options["backend-store-uri"])
+    assert database.scheme == "postgresql", "the backend store should be a database server"
+    db_pod = _one(docs, "Deployment", database.hostname)["spec"]["template"]
+    db_service = _one(docs, "Service", database.hostname)
+    assert db_service["spec"]["selector"].items() <= db_pod["metadata"]["labels"].items()
+    assert database.port in [port["port"] for port in db_service["spec"]["ports"]]
+    installed = " ".join(arguments for keyword, arguments in _dockerfile() if keyword == "RUN")
+    for package in ("psycopg2", "boto3"):  # what `mlflow server` needs for this store and these artifacts
+        assert package in installed, f"{DOCKERFILE.name} does not install {package}"
+    ray_image = _ray_container(_ray_pods(_one(docs, "RayCluster"))["head"])["image"]
+    assert container["image"].rsplit(":", 1)[0] == ray_image.rsplit(":", 1)[0], "not a build of deploy/Dockerfile"
 
 
 def test_kuberay_serving_deployment_serves_on_its_port() -> None:
     docs = _kuberay_docs()
-    deployment, service = _one(docs, "Deployment"), _one(docs, "Service")
+    deployment, service = _one(docs, "Deployment", "learn2tune-serve"), _one(docs, "Service", "learn2tune-serve")
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
     argv = [*container.get("command", []), *container.get("args", [])]
