@@ -1,9 +1,8 @@
-"""Minimal starters for the real services the cluster-ops tests need: an ``mlflow server`` and
-``ray start`` nodes, on 127.0.0.1, each stopped by the process group it was started in.
-
-Stand-ins until the shared starters of tests/services.py land; the fixtures keep their names
-(``ops_mlflow_server``, ``ray_nodes``) so switching them over is a change here only. Registered
-once for the whole session through ``pytest_plugins`` in tests/conftest.py.
+"""Services of the cluster-ops tests, on 127.0.0.1, each stopped by the process group it was
+started in: an ``mlflow server`` that allows only ``localhost:PORT`` as Host (so its 127.0.0.1 URL
+gets MLflow's real 403) and a GPU-less ``ray start`` head that tests add workers to. The
+three-node cluster with S3 storage of the storage tests is tests/services.py's. Registered once
+for the whole session through ``pytest_plugins`` in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -180,7 +179,7 @@ class RayNodes:
 
 
 @pytest.fixture(scope="module")
-def ray_nodes(tmp_path_factory) -> Iterator[RayNodes]:
+def ops_ray_nodes(tmp_path_factory) -> Iterator[RayNodes]:
     """A real Ray head started with ``ray start --head`` (1 CPU, no GPU); tests add workers."""
     nodes = RayNodes(free_port(), tmp_path_factory.mktemp("ray-nodes"))
     head = nodes.start(

@@ -129,8 +129,8 @@ def files_holding(root: Path, text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def gpu_worker(ray_nodes):
-    """Adds a fake-GPU worker (2 GPUs, 1 CPU) to ``ray_nodes`` on first use: a test that needs it
+def gpu_worker(ops_ray_nodes):
+    """Adds a fake-GPU worker (2 GPUs, 1 CPU) to ``ops_ray_nodes`` on first use: a test that needs it
     first may add it itself, at the moment it chooses, with ``add``."""
 
     class Worker:
@@ -139,7 +139,7 @@ def gpu_worker(ray_nodes):
         def add(self):
             if self.process is None:
                 # The worker's own environment lacks the forwarded variable: only runtime_env brings it.
-                self.process = ray_nodes.add_worker("--num-gpus=2", env=driver_env())
+                self.process = ops_ray_nodes.add_worker("--num-gpus=2", env=driver_env())
             return self.process
 
     return Worker()
@@ -147,11 +147,11 @@ def gpu_worker(ray_nodes):
 
 @pytest.mark.slow  # ~80 s on a shared 2-core machine, plus ~45 s to start the server and the head
 def test_search_waits_for_a_gpu_node_then_records_the_cpu_it_really_used(
-    ray_nodes, gpu_worker, ops_mlflow_server, tmp_path
+    ops_ray_nodes, gpu_worker, ops_mlflow_server, tmp_path
 ):
     config = write_config(tmp_path, "wait-auto", ops_mlflow_server.url, "auto")
     driver = Driver(
-        ["search", str(config), "--address", ray_nodes.address, "--wait-for-resources", "240"],
+        ["search", str(config), "--address", ops_ray_nodes.address, "--wait-for-resources", "240"],
         cwd=tmp_path / "driver",
         env=driver_env(**{SECRET_NAME: SECRET, "MLFLOW_TRACKING_INSECURE_TLS": "false"}),
     )
@@ -167,7 +167,7 @@ def test_search_waits_for_a_gpu_node_then_records_the_cpu_it_really_used(
     assert "Ray gave this trial GPU(s)" in warnings[0] and "CPU-only build" in warnings[0]
 
     trial = trial_of(config)
-    nodes = {node["NodeID"]: node["Resources"] for node in ray_nodes.alive_nodes()}
+    nodes = {node["NodeID"]: node["Resources"] for node in ops_ray_nodes.alive_nodes()}
     assert nodes[trial["node_id"]].get("GPU") == 2, f"the trial ran on {trial['node_id']}, not the GPU worker"
     assert trial["device"] == "cpu"
     tags = run_tags(ops_mlflow_server.url, trial["run_id"])
@@ -184,11 +184,11 @@ def test_search_waits_for_a_gpu_node_then_records_the_cpu_it_really_used(
 
 
 @pytest.mark.slow  # ~45 s
-def test_device_cuda_without_cuda_fails_the_trial_with_one_line(ray_nodes, gpu_worker, ops_mlflow_server, tmp_path):
+def test_device_cuda_without_cuda_fails_the_trial_with_one_line(ops_ray_nodes, gpu_worker, ops_mlflow_server, tmp_path):
     gpu_worker.add()
     config = write_config(tmp_path, "cuda", ops_mlflow_server.url, "cuda")
     driver = Driver(
-        ["search", str(config), "--address", ray_nodes.address, "--wait-for-resources", "240"],
+        ["search", str(config), "--address", ops_ray_nodes.address, "--wait-for-resources", "240"],
         cwd=tmp_path / "driver",
         env=driver_env(**{SECRET_NAME: SECRET}),
     )
