@@ -131,9 +131,10 @@ def mlflow_tracking_server(tmp_path_factory, s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_nodes(tmp_path_factory, s3_server):
-    """A Ray cluster started with ``ray start``: a head and two 1-CPU workers with 2 fake GPUs each."""
+def ray_nodes(tmp_path_factory):
+    """A Ray cluster started with ``ray start``: a head and two 1-CPU workers with 2 fake GPUs each,
+    none of them with AWS credentials (trials get them through ``ray.env_vars``)."""
     from services import ray_cluster, worker_environment
 
-    with ray_cluster(tmp_path_factory.mktemp("ray-nodes"), worker_environment(s3_server)) as cluster:
+    with ray_cluster(tmp_path_factory.mktemp("ray-nodes"), worker_environment()) as cluster:
         yield cluster

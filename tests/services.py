@@ -173,15 +173,13 @@ class RayCluster:
     worker_dirs: list[Path] = field(default_factory=list)
 
 
-def worker_environment(s3: S3) -> dict[str, str]:
-    """The environment every worker node (and so every trial) runs with.
-
-    The one place it is built: the project's code is not on PYTHONPATH (it reaches the trials
-    through the driver's ``runtime_env``), and the AWS variables are the only way the trials
-    reach the bucket until ``ray.env_vars`` forwards the driver's own.
-    """
+def worker_environment() -> dict[str, str]:
+    """The environment every worker node (and so every trial) runs with: the machine's, less the
+    project's code (it reaches the trials through the driver's ``runtime_env``) and less every AWS
+    variable: the bucket's credentials reach the trials only as ``ray.env_vars`` forwarded by the
+    driver, as on a cluster whose nodes share nothing but Ray."""
     base = {key: value for key, value in os.environ.items() if key != "PYTHONPATH" and not key.startswith("AWS_")}
-    return {**base, **QUIET, **s3.environment(), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {**base, **QUIET, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 @contextlib.contextmanager

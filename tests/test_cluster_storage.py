@@ -29,6 +29,7 @@ CONFIG = """\
 name: cluster
 workdir: s3://{bucket}/l2t
 tracking: {{uri: "{tracking}"}}
+ray: {{env_vars: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION]}}  # the nodes have none
 data: {{synthetic_classes: 30, synthetic_images_per_class: 6}}
 episodes:
   train: {{ways: 3, shots: 1, query: 2}}
