@@ -87,9 +87,9 @@ def test_maml_first_order_flag_is_fomaml():
 
 @pytest.mark.parametrize("family", ["maml", "fomaml"])
 def test_training_reduces_loss_on_a_fixed_batch(family):
-    learner = make(family, path="split", meta_lr=3e-3)
+    learner = make(family, path="split", meta_lr=1e-2)  # the head reads 6 spatial means: a slower memoriser
     b = batch(dtype=torch.float32)
-    losses = [learner.meta_train_step(b)["loss"] for _ in range(25)]
+    losses = [learner.meta_train_step(b)["loss"] for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
