@@ -27,6 +27,7 @@ BENCHMARKS = {
     "serving": "benchmarks.serving",
     "omniglot": "benchmarks.omniglot_table",
     "omniglot-search": "benchmarks.omniglot_search",
+    "fomaml-reference": "benchmarks.fomaml_reference",
 }
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
