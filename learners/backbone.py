@@ -3,8 +3,9 @@
 ``depth`` blocks of 3x3 convolution (``width`` filters, padding 1) -> batch-norm -> ReLU, each
 halving the spatial size either with a 2x2 max-pool (Vinyals, Snell; Finn on miniImageNet) or
 by giving the convolution stride 2 instead (Finn's Omniglot model); the last feature map is
-flattened into the embedding. Any ``C x H x W`` works (28x28 Omniglot, 84x84 miniImageNet) as long
-as ``depth`` halvings leave at least one pixel.
+flattened into the embedding (``features="flatten"``) or averaged over its positions
+(``features="mean"``, ``width`` numbers: Finn's Omniglot model). Any ``C x H x W`` works (28x28
+Omniglot, 84x84 miniImageNet) as long as ``depth`` halvings leave at least one pixel.
 
 Choices made:
 
@@ -30,6 +31,8 @@ from torch import nn
 
 Downsample = Literal["pool", "stride"]
 DOWNSAMPLES: tuple[str, ...] = ("pool", "stride")
+Features = Literal["flatten", "mean"]
+FEATURES: tuple[str, ...] = ("flatten", "mean")
 
 
 class Conv4(nn.Module):
@@ -42,15 +45,19 @@ class Conv4(nn.Module):
         depth: int = 4,
         downsample: Downsample = "pool",
         running_stats: bool = True,
+        features: Features = "flatten",
     ) -> None:
         super().__init__()
         if downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {downsample!r}")
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
         if width < 1 or depth < 1:
             raise ValueError(f"Conv-4 width and depth must be positive, got width={width}, depth={depth}")
         channels, height, wide = image_shape
         self.out_hw = output_size((height, wide), depth, downsample)
-        self.embedding_dim = width * self.out_hw[0] * self.out_hw[1]
+        self.features = features
+        self.embedding_dim = width if features == "mean" else width * self.out_hw[0] * self.out_hw[1]
         stride = 2 if downsample == "stride" else 1
         blocks = []
         for index in range(depth):
@@ -65,7 +72,8 @@ class Conv4(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x).flatten(1)
+        maps = self.blocks(x)
+        return maps.mean((2, 3)) if self.features == "mean" else maps.flatten(1)
 
 
 def output_size(hw: tuple[int, int], depth: int, downsample: Downsample) -> tuple[int, int]:
@@ -83,7 +91,12 @@ def output_size(hw: tuple[int, int], depth: int, downsample: Downsample) -> tupl
 
 
 def adaptable_classifier(
-    image_shape: tuple[int, int, int], width: int, depth: int, downsample: Downsample, ways: int
+    image_shape: tuple[int, int, int],
+    width: int,
+    depth: int,
+    downsample: Downsample,
+    ways: int,
+    features: Features = "flatten",
 ) -> nn.Sequential:
     """Conv-4 and a linear ``ways``-class head, batch-norm on batch statistics only.
 
@@ -91,5 +104,5 @@ def adaptable_classifier(
     learner) adapt functionally: a pure function of its parameters, so it runs under
     ``functional_call``, ``grad`` and ``vmap``.
     """
-    encoder = Conv4(image_shape, width, depth, downsample, running_stats=False)
+    encoder = Conv4(image_shape, width, depth, downsample, running_stats=False, features=features)
     return nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))

@@ -15,7 +15,8 @@ Choices made:
 - The meta-gradient is second order (through the inner step) unless ``first_order``; it is
   computed by MAML's own :class:`~learners.meta_gradient.MetaGradient` with the per-parameter
   rate, so every MAML path (``loop``, ``vmap``, ``split``, ...) and MAML's ``"auto"`` choice apply.
-- The network is MAML's: Conv-4 (stride-2 by default) plus a ``ways``-way linear head; batch-norm
+- The network is MAML's (Li et al. use Finn's): Conv-4 (stride-2 by default) plus a ``ways``-way
+  linear head on :func:`~learners.maml.finn_features`; batch-norm
   uses batch statistics at training and test time (transductive, like Finn's MAML).
 """
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from learners.backbone import adaptable_classifier
 from learners.base import BackboneHyperparams, Learner
-from learners.maml import MAML, validate_hparams
+from learners.maml import MAML, finn_features, validate_hparams
 from learners.meta_gradient import MetaGradient
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -69,7 +70,9 @@ class MetaSGD(MAML):
             raise ValueError(
                 f"alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, got {hparams.alpha_low} and {hparams.alpha_high}"
             )
-        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
+        self.net = adaptable_classifier(
+            image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
+        )
         names = [name for name, _ in self.net.named_parameters()]
         # One α per parameter tensor, in the order of ``net.named_parameters()`` (parameter names
         # contain dots, which a ParameterDict refuses).

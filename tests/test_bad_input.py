@@ -481,6 +481,11 @@ MISTAKES = [
         Request(classes=4),
         "maml was built for 3-way episodes with a 3-way output head and cannot score 4-way episodes",
     ),
+    Mistake(
+        "bench-fomaml-reference-no-omniglot", "points the FOMAML reference benchmark at a folder without Omniglot",
+        "learn2tune bench fomaml-reference --data {tmp}",
+        "no Omniglot in {tmp}: expected images_background.zip and images_evaluation.zip; pass --data DIR",
+    ),
 ]  # fmt: skip
 
 

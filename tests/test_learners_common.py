@@ -27,6 +27,15 @@ def test_conv4_embedding_size(shape, downsample, dim):
     assert net(torch.rand(2, *shape)).shape == (2, dim)
 
 
+def test_conv4_mean_features_average_the_last_map_over_its_positions():
+    net = Conv4((1, 28, 28), width=8, depth=4, downsample="stride", features="mean")
+    x = torch.rand(3, 1, 28, 28)
+    assert net.embedding_dim == 8
+    torch.testing.assert_close(net(x), net.blocks(x).mean((2, 3)))
+    with pytest.raises(ValueError, match="features must be one of flatten, mean"):
+        Conv4((1, 28, 28), features="max")
+
+
 def test_conv4_refuses_a_depth_the_image_cannot_take():
     with pytest.raises(ValueError, match="28x28 image is too small for depth 5"):
         Conv4((1, 28, 28), depth=5, downsample="pool")
