@@ -134,7 +134,6 @@ def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket
     assert any(k.endswith(f"/{version.run_id}/artifacts/model/MLmodel") for k in artifacts)
 
 
-@pytest.mark.slow  # ~100 s on a shared 2-core machine: the default suite keeps run and serve
 def test_a_search_killed_with_sigkill_resumes_on_the_same_cluster(driver: Driver):
     args = ["search", str(driver.config), "--address", driver.cluster.address,
             *(a.format(bucket=driver.s3.bucket) for a in RESUMED)]  # fmt: skip
