@@ -7,35 +7,23 @@ which object stores make atomic).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from tasks import storage
 from tasks.storage import Location
 
 
 def write_json_atomic(path: Path | Location, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temp file and rename: never half a file."""
+    """Write ``data`` as JSON to ``path``: never half a file."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    if isinstance(path, Location):
-        path.write_bytes(text.encode())
-    else:
-        write_text_atomic(path, text)
+    (path if isinstance(path, Location) else storage.local(path)).write_bytes(text.encode())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file and rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    storage.local(path).write_bytes(text.encode())
 
 
 def read_json(path: Path | Location, missing_hint: str) -> Any:
