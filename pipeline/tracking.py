@@ -22,6 +22,7 @@ ROLE_TAG = "learn2tune.role"
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 SERVER_TIMEOUT_S = 5.0
+DATASET_REPORT_ARTIFACT = "dataset_report.json"
 PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search"  # the API itself: /health skips the Host check
 
 
@@ -202,8 +203,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             flat[name] = value
     return flat
 
-
-DATASET_REPORT_ARTIFACT = "dataset_report.json"
 
 
 def log_dataset_report(client: MlflowClient, run_id: str, manifest: Mapping[str, Any]) -> None:

@@ -134,7 +134,7 @@ def _train(
     sampler = EpisodeSampler(train_split, spec, tasks=episodes.meta_batch, seed=sampler_seed)
     val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
     device = learner.device
-    node_id = ray.get_runtime_context().get_node_id()
+    placement = {"device": str(device_used.device), NODE_KEY: ray.get_runtime_context().get_node_id()}
     window: list[dict[str, float]] = []
     for iteration in range(start + 1, search.max_iterations + 1):
         window.append(learner.meta_train_step(sampler.sample().to(device)))
@@ -151,14 +151,13 @@ def _train(
             "val_accuracy": float(episode_accuracies(learner, val_batches, device).mean()),
         }
         window = []
-        placement = {"device": str(device_used.device), NODE_KEY: node_id}
-        if device_used.warning and iteration <= start + search.eval_every:  # this attempt's first report
-            placement["device_warning"] = device_used.warning
+        first_report = iteration <= start + search.eval_every  # this attempt's first: the warning goes once
+        warning = {"device_warning": device_used.warning} if device_used.warning and first_report else {}
         tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k != "iteration"}, iteration)
         if iteration % search.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
                 save_learner(learner, directory, {"iteration": iteration})
-                report = {**metrics, **placement, FAMILY_KEY: family}
+                report = {**metrics, **placement, **warning, FAMILY_KEY: family}
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
-            tune.report({**metrics, **placement, FAMILY_KEY: family})
+            tune.report({**metrics, **placement, **warning, FAMILY_KEY: family})
