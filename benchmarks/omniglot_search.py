@@ -33,7 +33,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -58,6 +58,7 @@ from pipeline.errors import SearchInterrupted
 from pipeline.io import read_json, write_json_atomic, write_text_atomic
 from pipeline.space import searched_space
 from pipeline.table import format_params
+from tasks.say import Say
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH_CONFIG = REPO / "configs" / "omniglot-search.yaml"
@@ -67,8 +68,6 @@ DEFAULT_TRIALS = {"full": 32, "cpu": 8, "smoke": 2}
 VAL_EPISODES = {"full": 200, "cpu": 100, "smoke": 4}
 SETTING = "5w1s"  # the setting searched and tested: the table's headline
 ASHA_RUNGS = 4  # reports per trial; ASHA's grace period is the first
-
-Say = Callable[[str], None]
 
 
 def main(argv: list[str] | None = None, say: Say | None = None) -> int:

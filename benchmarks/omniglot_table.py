@@ -72,6 +72,7 @@ from pipeline.scoring import episode_accuracies, mean_ci95
 from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler, check_episode, fixed_episodes
+from tasks.say import Say
 from tasks.store import DatasetStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +102,6 @@ BUDGET_NOTES = {
     "smoke": f"{SMOKE_ITERATIONS} meta-iterations per cell and {SMOKE_EPISODES} test episodes on synthetic "
     "glyphs, to check that the benchmark runs; the numbers mean nothing.",
 }
-
-Say = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,11 +11,12 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from pipeline.config import Resources
 from pipeline.errors import PipelineError
+from tasks.say import Say as Out
 
 # Keep Ray (and MLflow in Ray workers) from writing or phoning home outside the project.
 QUIET_ENV = {
@@ -39,8 +40,6 @@ MLFLOW_CLIENT_SETTINGS = (
     "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
 )  # fmt: skip
-
-Out = Callable[[str], None]
 
 
 def connect(

@@ -14,7 +14,7 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,12 +24,11 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import read_evaluation
 from tasks import storage
+from tasks.say import Say as Out
 
 ALIAS = "candidate"
 MODEL_ARTIFACT_PATH = "model"
 CODE_PACKAGES = ("deploy", "learners", "tasks")  # what the pyfunc imports when loaded
-
-Out = Callable[[str], None]
 
 
 def register(config: Config, out: Out) -> dict[str, Any]:

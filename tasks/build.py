@@ -14,7 +14,7 @@ import dataclasses
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tasks.manifest import (
     write_manifest,
 )
 from tasks.preprocess import RESIZE_FILTER
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
 from tasks.split_check import EpisodeNeed, check_classes
 from tasks.split_writing import SplitWriting, Ticker
@@ -47,7 +48,6 @@ CHANNELS = (1, 3, "auto")
 # datasets built by an older decoder (16-bit PNGs stored as 255) get a new fingerprint.
 FOLDER_DECODER_VERSION = 2
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def build_params(spec: BuildSpec) -> dict[str, Any]:
     return params
 
 
-def open_source(spec: BuildSpec, progress: Progress | None = None) -> Source:
+def open_source(spec: BuildSpec, progress: Say | None = None) -> Source:
     """The raw source ``spec`` names (imported lazily: only the one in use is loaded)."""
     if spec.source == "omniglot":
         from tasks.omniglot import OmniglotSource
@@ -163,7 +163,7 @@ def build_dataset(
     out_dir: str | Path | Location,
     *,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """Build the dataset ``spec`` describes into ``out_dir`` and return its manifest.
@@ -188,7 +188,7 @@ def write_dataset(
     out_dir: str | Path | Location,
     *,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """:func:`build_dataset` for an already opened ``source`` (``spec.source``/``path`` are
@@ -253,7 +253,7 @@ class _Plan:
     where: str
 
 
-def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Progress) -> dict[str, Any]:
+def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Say) -> dict[str, Any]:
     """Write the dataset in a hidden staging directory beside ``out`` and rename it into place."""
     staging = atomic.staging_dir(out)
     try:
@@ -271,7 +271,7 @@ def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Progress) -> dict
     return manifest
 
 
-def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Progress) -> dict[str, Any]:
+def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Say) -> dict[str, Any]:
     """Publish on an object store, which has no rename: the split files go to a staging prefix
     beside ``target`` and are moved into it, the manifest is written last (one PUT). A reader
     takes ``target`` for a dataset only when its manifest is there and matches its files, so
@@ -293,7 +293,7 @@ def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Progress)
     return manifest
 
 
-def _write_files(plan: _Plan, directory: Path, say: Progress) -> dict[str, Any]:
+def _write_files(plan: _Plan, directory: Path, say: Say) -> dict[str, Any]:
     """Write every split file into ``directory``; returns the manifest (not written yet)."""
     resolved = plan.resolved
     image_shape = (resolved.channels, resolved.image_size, resolved.image_size)
@@ -358,7 +358,7 @@ def _existing_dataset(out: Location, fp: str, overwrite: bool) -> dict[str, Any]
     return None
 
 
-def _remove_stale(out: Location, say: Progress) -> None:
+def _remove_stale(out: Location, say: Say) -> None:
     """Delete what builds of ``out`` that were killed left beside it, in one progress line."""
     if out.local:
         removed = [p.name for p in atomic.remove_stale(Path(out.path))]

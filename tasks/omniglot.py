@@ -16,7 +16,6 @@ import hashlib
 import io
 import os
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tasks.download import fetch, file_md5
 from tasks.errors import DatasetError
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
 
 SETS = {"images_background": "background", "images_evaluation": "evaluation"}
@@ -92,7 +92,7 @@ class OmniglotSource(Source):
         *,
         cache_dir: Path | None = None,
         url: str = URL,
-        progress: Callable[[str], None] | None = None,
+        progress: Say | None = None,
     ) -> None:
         if path is None:
             root = cache_dir or default_cache_dir()
@@ -172,7 +172,7 @@ def _open_set(root: Path, set_name: str) -> _ZipMembers | _FolderMembers:
     )
 
 
-def _ensure_downloaded(cache: Path, url_template: str, say: Callable[[str], None]) -> None:
+def _ensure_downloaded(cache: Path, url_template: str, say: Say) -> None:
     """Make ``cache`` hold both official archives with the published md5 (download if needed)."""
     for set_name, md5 in MD5.items():
         target = cache / f"{set_name}.zip"
