@@ -610,10 +610,7 @@ def _write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 def tracking_uri(given: str | None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; SQLite paths made absolute."""
-    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
-        uri = "sqlite:///" + str(Path.cwd() / uri.removeprefix("sqlite:///"))
-    return uri
+    return tracking.resolve_uri(given, os.environ, Path.cwd())
 
 
 def shown(path: Path) -> str:

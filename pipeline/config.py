@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from pipeline import tracking as mlflow_tracking
 from pipeline.errors import ConfigError
 from pipeline.schema import (
     Boolean,
@@ -384,7 +385,7 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
     )
     tracking = dataclasses.replace(
         config.tracking,
-        uri=_absolute_uri(config.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", cwd),
+        uri=mlflow_tracking.resolve_uri(config.tracking.uri, environ, cwd),
         experiment=config.tracking.experiment or config.name,
     )
     registry = dataclasses.replace(config.registry, model_name=config.registry.model_name or config.name)
@@ -409,12 +410,3 @@ def _absolute(path: str, cwd: Path) -> Path:
 def _absolute_storage(where: str, cwd: Path) -> str:
     """A storage URI as is (without a trailing ``/``), a local path made absolute."""
     return where.rstrip("/") if storage.is_remote(where) else str(_absolute(where, cwd))
-
-
-def _absolute_uri(uri: str, cwd: Path) -> str:
-    """Tracking URIs with a relative SQLite or file path, made absolute against ``cwd``."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + str(_absolute(uri.removeprefix("sqlite:///"), cwd))
-    if "://" not in uri:
-        return str(_absolute(uri, cwd))
-    return uri

@@ -14,6 +14,7 @@ import time
 from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from deploy.packages import PROJECT_PACKAGES
 from pipeline.config import Resources
 from pipeline.errors import PipelineError
 from tasks.say import Say as Out
@@ -26,7 +27,6 @@ QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter stays silent at verbose=0 (we print our own lines)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # frequent small checkpoints are fine
 }
-PROJECT_PACKAGES = ("pipeline", "learners", "tasks", "deploy")
 GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults for host[:port] and ray://host[:port]
 PROBE_TIMEOUT_S = 5.0
 # An HTTP/2 client preface and an empty SETTINGS frame (9-byte header: length 0, type 4).
