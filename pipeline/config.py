@@ -31,7 +31,7 @@ from pipeline.schema import (
     section,
     setting,
 )
-from tasks import storage
+from tasks import sources, storage
 from tasks.storage import Location
 
 DEFAULT_GRACE_FRACTION = 0.25  # of search.max_iterations (100 of the default 400)
@@ -43,7 +43,7 @@ ENV_NAME = Text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name (letter
 class DataConfig:
     """How to build the episodic dataset (``tasks.build.BuildSpec``) and where it lives."""
 
-    source: str = setting("synthetic", OneOf(("synthetic", "omniglot", "folder")))
+    source: str = setting("synthetic", Text())  # a name in tasks.sources, checked by _validate
     path: str | None = setting(None, Optional(Text()))
     split: str = setting("random", OneOf(("random", "by-alphabet")))
     # a class count, or a fraction of the classes; null: the source's default
@@ -284,7 +284,11 @@ def _assign(raw: dict, dotted: str, value: Any) -> None:
 
 
 def _validate(config: Config) -> None:
-    """Checks that involve more than one field, or the learner registry."""
+    """Checks that involve more than one field, or the source and learner registries."""
+    try:
+        sources.check_source_name(config.data.source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     search = config.search
     grace = search.grace_iterations
     if isinstance(grace, float) and not grace < 1:
