@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from benchmarks import omniglot_report as report
-from benchmarks.omniglot_config import Cell, load_families, resolve, setting_spec
+from benchmarks.omniglot_config import Cell, load_families, resolve, select_families, setting_spec
 from benchmarks.omniglot_table import (
     SMOKE_DATA,
     SMOKE_EPISODES,
@@ -51,7 +51,7 @@ from benchmarks.omniglot_table import (
     shared_arguments,
     tracking_uri,
 )
-from learners.registry import family_names, make_hparams
+from learners.registry import make_hparams
 from pipeline.cli import Parser
 from pipeline.config import Config, load_config
 from pipeline.errors import SearchInterrupted
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     args = _parser().parse_args(argv)
     say = say or functools.partial(print, flush=True)
     check_omniglot(args)
-    families = family_names() if args.families == ["all"] else args.families
+    families = select_families(args.configs, args.families, say)
     plans = load_families(args.configs, families)
     base_fixed = load_config(SEARCH_CONFIG, cwd=REPO, environ=os.environ).search.fixed
     configs = {family: family_config(resolve_cell(plans[family], args), args, base_fixed) for family in families}

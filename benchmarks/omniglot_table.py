@@ -56,6 +56,7 @@ from benchmarks.omniglot_config import (
     FamilyPlan,
     load_families,
     resolve,
+    select_families,
     setting_spec,
 )
 from learners.base import Learner, synchronize
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     say: Say = functools.partial(print, flush=True)
     started = time.time()
     device = pick_device(args.device)
-    families = family_names() if args.families == ["all"] else args.families
+    families = select_families(args.configs, args.families, say)
     plans = load_families(args.configs, families)  # every file checked before anything runs
     tuned = read_tuned(args.tuned) if args.tuned else None
     stores, dataset = _datasets(args, plans, say)
