@@ -295,7 +295,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = _command(commands, "build", cmd_build, "build the episodic Parquet dataset", positional_config=False)
-    build.add_argument("source", nargs="?", choices=source_names(), help="image source (default: data.source)")
+    build.add_argument(
+        "source", nargs="?", metavar="SOURCE", help=f"image source: {', '.join(source_names())} (default: data.source)"
+    )
     build.add_argument("-c", "--config", help="YAML config file")
     build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
     build.add_argument("--split", help="class split: random | by-alphabet")

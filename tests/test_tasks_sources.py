@@ -236,7 +236,7 @@ def test_a_new_source_is_one_module_plus_one_registry_line(tmp_path, monkeypatch
     assert store.manifest["build"]["val_classes"] == 0.15  # the Source defaults apply
 
     capsys.readouterr()
-    assert main(["build", *config, "--set", "data.source=stripe"]) == EXIT_USER_ERROR
+    assert main(["build", "stripe", *config]) == EXIT_USER_ERROR
     assert "data.source must be one of synthetic, omniglot, folder, stripes, got 'stripe'; did you mean 'stripes'?" in (
         capsys.readouterr().err
     )
