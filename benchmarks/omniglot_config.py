@@ -28,6 +28,7 @@ before any training with an error naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +39,7 @@ from pipeline.config import read_yaml
 from pipeline.errors import ConfigError
 from pipeline.schema import Integer, Number, Optional, Table, Text, parse, section, setting
 from tasks.episodes import EpisodeSpec
+from tasks.say import Say
 
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 BUDGETS = ("full", "cpu")
@@ -143,6 +145,24 @@ def load_family(path: Path) -> FamilyPlan:
         return _parse(path, raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc.args[0]}") from None
+
+
+def select_families(directory: Path, requested: Sequence[str], say: Say) -> list[str]:
+    """The families to run: those ``requested`` by name, or for ``["all"]`` every registered family
+    with a file in ``directory``. A family's file is optional: ``say`` gets why each one without is
+    skipped."""
+    if list(requested) != ["all"]:
+        return list(requested)
+    chosen = []
+    for family in family_names():
+        path = directory / f"{family}.yaml"
+        if path.is_file():
+            chosen.append(family)
+        else:
+            say(f"skipping {family}: no Omniglot configuration {path} (add one to give it a row)")
+    if not chosen:
+        raise ConfigError(f"{directory}: no family has a configuration here (expected {directory}/<family>.yaml)")
+    return chosen
 
 
 def load_families(directory: Path, families: list[str]) -> dict[str, FamilyPlan]:

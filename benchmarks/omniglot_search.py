@@ -33,12 +33,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from benchmarks import omniglot_report as report
-from benchmarks.omniglot_config import Cell, load_families, resolve, setting_spec
+from benchmarks.omniglot_config import Cell, load_families, resolve, select_families, setting_spec
 from benchmarks.omniglot_table import (
     SMOKE_DATA,
     SMOKE_EPISODES,
@@ -51,13 +51,14 @@ from benchmarks.omniglot_table import (
     shared_arguments,
     tracking_uri,
 )
-from learners.registry import family_names, make_hparams
+from learners.registry import make_hparams
 from pipeline.cli import Parser
 from pipeline.config import Config, load_config
 from pipeline.errors import SearchInterrupted
 from pipeline.io import read_json, write_json_atomic, write_text_atomic
 from pipeline.space import searched_space
 from pipeline.table import format_params
+from tasks.say import Say
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH_CONFIG = REPO / "configs" / "omniglot-search.yaml"
@@ -68,8 +69,6 @@ VAL_EPISODES = {"full": 200, "cpu": 100, "smoke": 4}
 SETTING = "5w1s"  # the setting searched and tested: the table's headline
 ASHA_RUNGS = 4  # reports per trial; ASHA's grace period is the first
 
-Say = Callable[[str], None]
-
 
 def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     """Search every family; ``say`` receives the progress lines (default: print them)."""
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     args = _parser().parse_args(argv)
     say = say or functools.partial(print, flush=True)
     check_omniglot(args)
-    families = family_names() if args.families == ["all"] else args.families
+    families = select_families(args.configs, args.families, say)
     plans = load_families(args.configs, families)
     base_fixed = load_config(SEARCH_CONFIG, cwd=REPO, environ=os.environ).search.fixed
     configs = {family: family_config(resolve_cell(plans[family], args), args, base_fixed) for family in families}

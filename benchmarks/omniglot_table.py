@@ -56,6 +56,7 @@ from benchmarks.omniglot_config import (
     FamilyPlan,
     load_families,
     resolve,
+    select_families,
     setting_spec,
 )
 from learners.base import Learner, synchronize
@@ -72,6 +73,7 @@ from pipeline.scoring import episode_accuracies, mean_ci95
 from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler, check_episode, fixed_episodes
+from tasks.say import Say
 from tasks.store import DatasetStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,8 +104,6 @@ BUDGET_NOTES = {
     "glyphs, to check that the benchmark runs; the numbers mean nothing.",
 }
 
-Say = Callable[[str], None]
-
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     say: Say = functools.partial(print, flush=True)
     started = time.time()
     device = pick_device(args.device)
-    families = family_names() if args.families == ["all"] else args.families
+    families = select_families(args.configs, args.families, say)
     plans = load_families(args.configs, families)  # every file checked before anything runs
     tuned = read_tuned(args.tuned) if args.tuned else None
     stores, dataset = _datasets(args, plans, say)
@@ -611,10 +611,7 @@ def _write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 def tracking_uri(given: str | None) -> str:
     """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; SQLite paths made absolute."""
-    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
-        uri = "sqlite:///" + str(Path.cwd() / uri.removeprefix("sqlite:///"))
-    return uri
+    return tracking.resolve_uri(given, os.environ, Path.cwd())
 
 
 def shown(path: Path) -> str:

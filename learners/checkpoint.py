@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 
 from learners.base import Learner
 from learners.registry import get_family, make_hparams
+from tasks import atomic
 
 SPEC_FILE = "learner.json"
 WEIGHTS_FILE = "learner.pt"
@@ -51,9 +50,9 @@ def save_learner(learner: Learner, directory: str | Path, extra: dict[str, Any] 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {"model": learner.state_dict(), "extra_state": learner.extra_state(), "extra": extra or {}}
-    _atomic_write(directory / WEIGHTS_FILE, lambda f: torch.save(state, f))
+    atomic.write_file(directory / WEIGHTS_FILE, lambda f: torch.save(state, f))
     text = json.dumps(learner_spec(learner), indent=2, sort_keys=True)
-    _atomic_write(directory / SPEC_FILE, lambda f: f.write(text.encode()))
+    atomic.write_file(directory / SPEC_FILE, lambda f: f.write(text.encode()))
 
 
 def load_learner(
@@ -75,13 +74,3 @@ def load_learner(
     learner.load_extra_state(state.get("extra_state", {}))
     return learner, state.get("extra", {})
 
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -174,6 +174,3 @@ def validate_hparams(hparams: MAMLHyperparams) -> None:
         raise ValueError(
             f"inner_steps and test_inner_steps must be at least 1, got {hparams.inner_steps} and {hparams.test_inner_steps}"
         )
-
-
-FAMILIES = {"maml": MAML, "fomaml": FOMAML}

@@ -388,6 +388,3 @@ def _check_hparams(hp: MannHyperparams) -> None:
         raise ValueError(f"mann.gamma (usage decay) must be in [0, 1], got {hp.gamma!r}")
     if hp.lr <= 0:
         raise ValueError(f"mann.lr must be positive, got {hp.lr!r}")
-
-
-FAMILIES = {"mann": MANN}

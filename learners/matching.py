@@ -133,6 +133,3 @@ class Matching(EpisodeLossLearner):
         probabilities = torch.bmm(attention, one_hot_support(support_y, attention.dtype))
         # Cosines lie in [-1, 1], so every weight is at least e^-2 / |S|: no log(0).
         return probabilities.log()
-
-
-FAMILIES = {"matching": Matching}

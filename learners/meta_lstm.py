@@ -219,6 +219,3 @@ def _validate(hparams: MetaLSTMHyperparams) -> None:
         raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
     if hparams.inner_steps < 1 or hparams.hidden < 1:
         raise ValueError(f"inner_steps and hidden must be at least 1, got {hparams.inner_steps} and {hparams.hidden}")
-
-
-FAMILIES = {"meta_lstm": MetaLSTM}

@@ -272,6 +272,3 @@ def _check_hparams(hp: MetaNetHyperparams) -> None:
             raise ValueError(f"metanet.{name} must be a positive integer, got {getattr(hp, name)!r}")
     if hp.lr <= 0:
         raise ValueError(f"metanet.lr must be positive, got {hp.lr!r}")
-
-
-FAMILIES = {"metanet": MetaNet}

@@ -103,6 +103,3 @@ class MetaSGD(MAML):
         return {"loss": step.losses.mean().item(), "accuracy": accuracy.item()}
 
     # ``compute``, ``choose_path`` and ``predict`` are MAML's: the meta-gradient object carries α.
-
-
-FAMILIES = {"metasgd": MetaSGD}

@@ -118,6 +118,3 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     cross = a @ b.transpose(1, 2)
     return (a.square().sum(-1, keepdim=True) - 2 * cross + b.square().sum(-1).unsqueeze(1)).clamp_min(0)
-
-
-FAMILIES = {"protonet": ProtoNet}

@@ -1,4 +1,9 @@
-"""The family registry: name -> :class:`~learners.base.Learner` subclass, and hyperparameter parsing."""
+"""The family registry: name -> :class:`~learners.base.Learner` subclass, and hyperparameter parsing.
+
+A new family is one module (a ``Learner`` subclass: :mod:`learners.base` says what it declares
+and implements) plus one line in ``_FAMILIES``. Modules are imported when a family is first
+used, so listing the names costs nothing.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,19 @@ from typing import Any, Mapping
 
 from learners.base import Learner
 
-# Family name -> module that defines it. Modules are imported on first use.
-_FAMILY_MODULES: dict[str, str] = {
-    "protonet": "learners.protonet",
-    "siamese": "learners.siamese",
-    "matching": "learners.matching",
-    "relation": "learners.relation",
-    "maml": "learners.maml",
-    "fomaml": "learners.maml",
-    "mann": "learners.mann",
-    "metanet": "learners.metanet",
-    "metasgd": "learners.metasgd",
-    "reptile": "learners.reptile",
-    "meta_lstm": "learners.meta_lstm",
+# Family name -> "module:class".
+_FAMILIES: dict[str, str] = {
+    "protonet": "learners.protonet:ProtoNet",
+    "siamese": "learners.siamese:Siamese",
+    "matching": "learners.matching:Matching",
+    "relation": "learners.relation:Relation",
+    "maml": "learners.maml:MAML",
+    "fomaml": "learners.maml:FOMAML",
+    "mann": "learners.mann:MANN",
+    "metanet": "learners.metanet:MetaNet",
+    "metasgd": "learners.metasgd:MetaSGD",
+    "reptile": "learners.reptile:Reptile",
+    "meta_lstm": "learners.meta_lstm:MetaLSTM",
 }
 
 
@@ -34,19 +39,18 @@ class HyperparamError(ValueError):
 
 def family_names() -> list[str]:
     """Every registered family, in a stable order."""
-    return list(_FAMILY_MODULES)
+    return list(_FAMILIES)
 
 
 def get_family(name: str) -> type[Learner]:
     """The learner class registered as ``name``; a clear error listing the allowed names."""
-    module = _FAMILY_MODULES.get(name)
-    if module is None:
-        raise UnknownFamilyError(
-            f"unknown learner family {name!r}; choose from: {', '.join(family_names())}"
-        )
-    learner_cls = getattr(importlib.import_module(module), "FAMILIES", {}).get(name)
-    if learner_cls is None:
-        raise UnknownFamilyError(f"module {module} does not define family {name!r}")
+    entry = _FAMILIES.get(name)
+    if entry is None:
+        raise UnknownFamilyError(f"unknown learner family {name!r}; choose from: {', '.join(family_names())}")
+    module, _, attribute = entry.partition(":")
+    learner_cls = getattr(importlib.import_module(module), attribute, None)
+    if learner_cls is None or getattr(learner_cls, "family", None) != name:
+        raise TypeError(f"{entry} is registered as family {name!r} but does not define it")
     return learner_cls
 
 

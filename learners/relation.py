@@ -171,6 +171,3 @@ class Relation(EpisodeLossLearner):
         logits = self.scores(batch.support_x, batch.support_y, batch.query_x)
         target = F.one_hot(batch.query_y, logits.shape[-1]).to(logits.dtype)
         return F.mse_loss(torch.sigmoid(logits), target), logits
-
-
-FAMILIES = {"relation": Relation}

@@ -213,6 +213,3 @@ def _validate(hparams: ReptileHyperparams) -> None:
             raise ValueError(f"{name} must be at least 1, got {getattr(hparams, name)}")
     if not hparams.outer_lr > 0:
         raise ValueError(f"outer_lr must be positive, got {hparams.outer_lr}")
-
-
-FAMILIES = {"reptile": Reptile}

@@ -125,6 +125,3 @@ def class_log_similarity(pair_logits: torch.Tensor, support_y: torch.Tensor) -> 
     onehot = one_hot_support(support_y, log_sim.dtype)  # [T, S, ways]
     mean = torch.bmm((log_sim - top).exp(), onehot) / onehot.sum(dim=1, keepdim=True).clamp(min=1)
     return mean.clamp(min=torch.finfo(mean.dtype).tiny).log() + top
-
-
-FAMILIES = {"siamese": Siamese}

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
+from tasks.sources import source_names
+
 if TYPE_CHECKING:
     from pipeline.config import Config
 
 DEFAULT_CONFIG = Path("configs/quickstart.yaml")
-SOURCES = ("synthetic", "omniglot", "folder")
 # name -> module; `learn2tune bench` alone runs the speed benchmarks, not the hour-long Omniglot table
 BENCHMARKS = {
     "sampler": "benchmarks.sampler",
@@ -294,7 +295,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = _command(commands, "build", cmd_build, "build the episodic Parquet dataset", positional_config=False)
-    build.add_argument("source", nargs="?", choices=SOURCES, help="image source (default: data.source)")
+    build.add_argument(
+        "source", nargs="?", metavar="SOURCE", help=f"image source: {', '.join(source_names())} (default: data.source)"
+    )
     build.add_argument("-c", "--config", help="YAML config file")
     build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
     build.add_argument("--split", help="class split: random | by-alphabet")

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from pipeline import tracking as mlflow_tracking
 from pipeline.errors import ConfigError
 from pipeline.schema import (
     Boolean,
@@ -30,7 +31,7 @@ from pipeline.schema import (
     section,
     setting,
 )
-from tasks import storage
+from tasks import sources, storage
 from tasks.storage import Location
 
 DEFAULT_GRACE_FRACTION = 0.25  # of search.max_iterations (100 of the default 400)
@@ -42,7 +43,7 @@ ENV_NAME = Text(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name (letter
 class DataConfig:
     """How to build the episodic dataset (``tasks.build.BuildSpec``) and where it lives."""
 
-    source: str = setting("synthetic", OneOf(("synthetic", "omniglot", "folder")))
+    source: str = setting("synthetic", Text())  # a name in tasks.sources, checked by _validate
     path: str | None = setting(None, Optional(Text()))
     split: str = setting("random", OneOf(("random", "by-alphabet")))
     # a class count, or a fraction of the classes; null: the source's default
@@ -283,7 +284,11 @@ def _assign(raw: dict, dotted: str, value: Any) -> None:
 
 
 def _validate(config: Config) -> None:
-    """Checks that involve more than one field, or the learner registry."""
+    """Checks that involve more than one field, or the source and learner registries."""
+    try:
+        sources.check_source_name(config.data.source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     search = config.search
     grace = search.grace_iterations
     if isinstance(grace, float) and not grace < 1:
@@ -384,7 +389,7 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
     )
     tracking = dataclasses.replace(
         config.tracking,
-        uri=_absolute_uri(config.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db", cwd),
+        uri=mlflow_tracking.resolve_uri(config.tracking.uri, environ, cwd),
         experiment=config.tracking.experiment or config.name,
     )
     registry = dataclasses.replace(config.registry, model_name=config.registry.model_name or config.name)
@@ -409,12 +414,3 @@ def _absolute(path: str, cwd: Path) -> Path:
 def _absolute_storage(where: str, cwd: Path) -> str:
     """A storage URI as is (without a trailing ``/``), a local path made absolute."""
     return where.rstrip("/") if storage.is_remote(where) else str(_absolute(where, cwd))
-
-
-def _absolute_uri(uri: str, cwd: Path) -> str:
-    """Tracking URIs with a relative SQLite or file path, made absolute against ``cwd``."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + str(_absolute(uri.removeprefix("sqlite:///"), cwd))
-    if "://" not in uri:
-        return str(_absolute(uri, cwd))
-    return uri

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.config import Config, DataConfig
 from pipeline.errors import ConfigError
@@ -11,6 +11,7 @@ from tasks.build import BuildSpec, build_dataset, validate_build_spec
 from tasks.episodes import EpisodeSpec
 from tasks.errors import EpisodeError
 from tasks.sampler import check_episode as check_split_episode
+from tasks.say import Say
 from tasks.split_check import EpisodeNeed
 from tasks.store import DatasetStore
 
@@ -29,7 +30,7 @@ def validate_build(config: Config) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def build(config: Config, out: Callable[[str], None], overwrite: bool = False) -> dict[str, Any]:
+def build(config: Config, out: Say, overwrite: bool = False) -> dict[str, Any]:
     """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``; a
     split too small for the configured episodes is refused before anything is written."""
     validate_build(config)

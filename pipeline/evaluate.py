@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
 from pipeline import datasets, tracking
@@ -29,12 +29,11 @@ from pipeline.table import format_table
 from tasks import storage
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
+from tasks.say import Say as Out
 
 IMAGES_PER_BATCH = 2000
 
 EVALUATION_FILE = "evaluation.json"
-
-Out = Callable[[str], None]
 
 
 def setting_key(ways: int, shots: int) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from pipeline.register import ALIAS as CANDIDATE
 from pipeline.scoring import episode_accuracies, mean_ci95
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
+from tasks.say import Say as Out
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 CHAMPION = "champion"
 TAG_PREFIX = "promotion."
-
-Out = Callable[[str], None]
 
 
 @dataclass(frozen=True)

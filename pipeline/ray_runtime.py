@@ -11,11 +11,13 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from deploy.packages import PROJECT_PACKAGES
 from pipeline.config import Resources
 from pipeline.errors import PipelineError
+from tasks.say import Say as Out
 
 # Keep Ray (and MLflow in Ray workers) from writing or phoning home outside the project.
 QUIET_ENV = {
@@ -25,7 +27,6 @@ QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter stays silent at verbose=0 (we print our own lines)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # frequent small checkpoints are fine
 }
-PROJECT_PACKAGES = ("pipeline", "learners", "tasks", "deploy")
 GCS_PORT, CLIENT_PORT = 6379, 10001  # Ray's defaults for host[:port] and ray://host[:port]
 PROBE_TIMEOUT_S = 5.0
 # An HTTP/2 client preface and an empty SETTINGS frame (9-byte header: length 0, type 4).
@@ -39,8 +40,6 @@ MLFLOW_CLIENT_SETTINGS = (
     "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
 )  # fmt: skip
-
-Out = Callable[[str], None]
 
 
 def connect(

@@ -14,22 +14,21 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from deploy.packages import MODEL_PACKAGES
 from learners.checkpoint import SPEC_FILE, WEIGHTS_FILE, load_learner
 from pipeline import tracking
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import read_evaluation
 from tasks import storage
+from tasks.say import Say as Out
 
 ALIAS = "candidate"
 MODEL_ARTIFACT_PATH = "model"
-CODE_PACKAGES = ("deploy", "learners", "tasks")  # what the pyfunc imports when loaded
-
-Out = Callable[[str], None]
 
 
 def register(config: Config, out: Out) -> dict[str, Any]:
@@ -96,7 +95,7 @@ def save_pyfunc_model(checkpoint: Path, learner, model_dir: Path) -> None:
             path=str(model_dir),
             python_model=str(_package_dir("deploy") / "pyfunc_entry.py"),
             artifacts={LEARNER_ARTIFACT: str(learner_dir)},
-            code_paths=[str(_package_dir(package)) for package in CODE_PACKAGES],
+            code_paths=[str(_package_dir(package)) for package in MODEL_PACKAGES],
             pip_requirements=_requirements(),
             signature=_signature(),
             input_example=_input_example(learner.image_shape, learner.ways),

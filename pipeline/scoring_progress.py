@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO, TypeVar
 
+from tasks.say import Say
+
 SLOW_FACTOR = 5.0  # a model this many times slower than the median of the others gets a warning
 SLOW_FLOOR_S = 60.0  # ... when its estimate is also at least this long
 LOG_EVERY_S = 30.0
@@ -34,7 +36,7 @@ class ScoringProgress:
         self,
         label: str,
         total: int,
-        out: Callable[[str], None],
+        out: Say,
         stream: TextIO | None = None,
         earlier_s: Iterable[float] = (),
         slow_hint: str = "",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from learners.registry import make_hparams
 from pipeline import datasets, tracking
@@ -25,6 +25,7 @@ from pipeline.ray_runtime import check_trial_resources, connect
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
+from tasks.say import Say as Out
 from tasks.storage import Location
 
 RESULT_FILE = "search_result.json"
@@ -35,8 +36,6 @@ STATE_SAVE_SECONDS = 2
 LOST_TRIAL_NOTE = (
     "the search was killed before Tune saved this trial; the resumed search ran another in its place"
 )
-
-Out = Callable[[str], None]
 
 
 def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = False) -> dict[str, Any]:

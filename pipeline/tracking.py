@@ -23,7 +23,19 @@ MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 SERVER_TIMEOUT_S = 5.0
 DATASET_REPORT_ARTIFACT = "dataset_report.json"
+DEFAULT_URI = "sqlite:///mlflow.db"  # a local store in the working directory: the registry works with no server
 PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search"  # the API itself: /health skips the Host check
+
+
+def resolve_uri(given: str | None, environ: Mapping[str, str], cwd: Path) -> str:
+    """The tracking URI to use: ``given``, else ``MLFLOW_TRACKING_URI``, else :data:`DEFAULT_URI`; a
+    relative SQLite or file path made absolute against ``cwd``, since trials run in other directories."""
+    uri = given or environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(cwd / Path(uri.removeprefix("sqlite:///")).expanduser())
+    if "://" not in uri:
+        return str(cwd / Path(uri).expanduser())
+    return uri
 
 
 def make_client(uri: str) -> MlflowClient:

@@ -1,4 +1,5 @@
-"""Atomic publication of a directory: build it beside the target, fsync, rename.
+"""Atomic writes: a file written beside its target and renamed into place; a directory built
+beside the target, fsynced and renamed.
 
 Staging directories are named ``.<target>.tmp-<host>-<pid>-<random>`` (and a replaced target
 is set aside as ``.<target>.old-<host>-<pid>-<random>``), so a later build can tell the ones a
@@ -12,7 +13,9 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_path(path: Path) -> None:
@@ -22,6 +25,26 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_file(path: Path, write: Callable[[BinaryIO], object], *, durable: bool = False) -> None:
+    """Create or replace ``path`` with what ``write`` writes into a temporary file beside it, then
+    rename: readers see the old file or the new one, never half, and when ``write`` raises nothing
+    is left. ``durable`` also fsyncs the file and its directory (what a crash must not undo)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_path(path.parent)
 
 
 def _host() -> str:

@@ -14,12 +14,12 @@ import dataclasses
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks import atomic, storage
+from tasks import atomic, sources, storage
 from tasks.build_report import build_report, choose_channels, report_lines
 from tasks.errors import DatasetError
 from tasks.manifest import (
@@ -32,36 +32,31 @@ from tasks.manifest import (
     write_manifest,
 )
 from tasks.preprocess import RESIZE_FILTER
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
 from tasks.split_check import EpisodeNeed, check_classes
 from tasks.split_writing import SplitWriting, Ticker
 from tasks.splits import METHODS, SPLIT_NAMES, split_classes
 from tasks.storage import Location
 
-SOURCES = ("synthetic", "omniglot", "folder")
-_DEFAULT_COUNTS = {"omniglot": (172, 423)}  # (val, test): the Vinyals/ProtoNet 1200/423 split
-_FALLBACK_COUNTS = (0.15, 0.2)
 _DATASET_FILES = {MANIFEST_NAME, *(f"{name}.parquet" for name in SPLIT_NAMES)}
 CHANNELS = (1, 3, "auto")
-# Folder images are decoded by tasks.decode; bump when that changes what a file becomes, so
-# datasets built by an older decoder (16-bit PNGs stored as 255) get a new fingerprint.
-FOLDER_DECODER_VERSION = 2
+_NOT_HASHED = ("path", "skip_unreadable")  # where the source lives; a setting that, off, builds nothing
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class BuildSpec:
     """What to build (the ``data`` section of a config). ``None`` means the source's default."""
 
-    source: str = "synthetic"  # synthetic | omniglot | folder
+    source: str = "synthetic"  # a name in tasks.sources
     path: str | None = None  # zips dir / extracted dir / image folder root
-    split: str = "random"  # random | by-alphabet
-    val_classes: int | float | None = None  # None -> omniglot 172, else 0.15
-    test_classes: int | float | None = None  # None -> omniglot 423, else 0.2
+    split: str = "random"  # random | by-alphabet (a method the source offers)
+    val_classes: int | float | None = None  # None -> the source's class_counts (omniglot 172, else 0.15)
+    test_classes: int | float | None = None  # None -> the source's class_counts (omniglot 423, else 0.2)
     rotations: bool = False  # add 90/180/270 degree copies as new classes
     image_size: int = 28
-    channels: int | str | None = None  # 1 | 3 | "auto"; None -> "auto" for folder, 1 for omniglot/synthetic
+    channels: int | str | None = None  # 1 | 3 | "auto"; None -> the source's default ("auto" for folder, else 1)
     seed: int = 0
     synthetic_classes: int = 400
     synthetic_images_per_class: int = 20
@@ -69,12 +64,13 @@ class BuildSpec:
 
     def resolved(self) -> BuildSpec:
         """This spec with every ``None`` default replaced by the source's value."""
-        val, test = _DEFAULT_COUNTS.get(self.source, _FALLBACK_COUNTS)
+        source = sources.source_class(self.source)
+        val, test = source.class_counts
         return dataclasses.replace(
             self,
             val_classes=val if self.val_classes is None else self.val_classes,
             test_classes=test if self.test_classes is None and self.split == "random" else self.test_classes,
-            channels=("auto" if self.source == "folder" else 1) if self.channels is None else self.channels,
+            channels=source.default_channels if self.channels is None else self.channels,
         )
 
 
@@ -84,25 +80,22 @@ def _is_int(value: Any) -> bool:
 
 def validate_build_spec(spec: BuildSpec) -> None:
     """Raise ``ValueError`` naming the first ``data.<field>`` that is invalid."""
-    if spec.source not in SOURCES:
-        raise ValueError(f"data.source must be one of {', '.join(SOURCES)}, got {spec.source!r}")
+    source = sources.source_class(spec.source)  # ValueError naming data.source
     if spec.path is not None and not isinstance(spec.path, str):
         raise ValueError(f"data.path must be a string path or null, got {type(spec.path).__name__}")
-    if spec.source == "folder" and not spec.path:
-        raise ValueError("data.path is required for source 'folder' (the root with one sub-folder per class)")
-    if spec.source == "synthetic" and spec.path is not None:
-        raise ValueError("data.path does not apply to source 'synthetic' (it draws its images); leave it unset")
+    if source.path_use == "required" and not spec.path:
+        raise ValueError(f"data.path is required for source {spec.source!r} ({source.path_note})")
+    if source.path_use == "unused" and spec.path is not None:
+        raise ValueError(f"data.path does not apply to source {spec.source!r} ({source.path_note}); leave it unset")
     if spec.split not in METHODS:
         raise ValueError(f"data.split must be one of {', '.join(METHODS)}, got {spec.split!r}")
-    if spec.split == "by-alphabet":
-        if spec.source != "omniglot":
-            raise ValueError(
-                f"data.split 'by-alphabet' needs source 'omniglot' (background/evaluation sets), got {spec.source!r}"
-            )
-        if spec.test_classes is not None:
-            raise ValueError(
-                "data.test_classes does not apply to split 'by-alphabet' (the evaluation set is the test split)"
-            )
+    if spec.split not in source.split_methods:
+        offered = " or ".join(map(repr, sources.offering(spec.split)))
+        raise ValueError(f"data.split {spec.split!r} needs source {offered}, got {spec.source!r}")
+    if spec.split == "by-alphabet" and spec.test_classes is not None:
+        raise ValueError(
+            "data.test_classes does not apply to split 'by-alphabet' (the evaluation set is the test split)"
+        )
     for name in ("val_classes", "test_classes"):
         value = getattr(spec, name)
         fraction = isinstance(value, float) and 0.0 < value < 1.0
@@ -129,33 +122,23 @@ def build_params(spec: BuildSpec) -> dict[str, Any]:
     """The settings that determine the dataset's content (hashed into the fingerprint).
 
     The path is left out (the source digest covers the content, wherever it lives), and so
-    are the synthetic-only settings for other sources and ``skip_unreadable`` (with it off, a
-    source with unreadable files builds nothing). Folder builds add the decoder's version.
+    are the settings of other sources and ``skip_unreadable`` (with it off, a source with
+    unreadable files builds nothing). The source adds its ``fingerprint_params`` (a folder
+    build, the decoder's version).
     """
-    params = dataclasses.asdict(spec.resolved())
-    del params["path"], params["skip_unreadable"]
-    if spec.source != "synthetic":
-        del params["synthetic_classes"], params["synthetic_images_per_class"]
-    if spec.source == "folder":
-        params["decoder_version"] = FOLDER_DECODER_VERSION
+    source = sources.source_class(spec.source)
+    others = {name for other in sources.source_names() for name in sources.source_class(other).settings}
+    dropped = {*_NOT_HASHED, *(others - set(source.settings))}
+    params = {k: v for k, v in dataclasses.asdict(spec.resolved()).items() if k not in dropped}
+    params.update(source.fingerprint_params)
     params["format_version"] = FORMAT_VERSION
     params["resize_filter"] = RESIZE_FILTER
     return params
 
 
-def open_source(spec: BuildSpec, progress: Progress | None = None) -> Source:
-    """The raw source ``spec`` names (imported lazily: only the one in use is loaded)."""
-    if spec.source == "omniglot":
-        from tasks.omniglot import OmniglotSource
-
-        return OmniglotSource(spec.path, progress=progress)
-    if spec.source == "folder":
-        from tasks.folder import FolderSource
-
-        return FolderSource(spec.path or "", skip_unreadable=spec.skip_unreadable)
-    from tasks.synthetic import SyntheticSource
-
-    return SyntheticSource(spec.synthetic_classes, spec.synthetic_images_per_class, spec.image_size, spec.seed)
+def open_source(spec: BuildSpec, progress: Say | None = None) -> Source:
+    """The raw source ``spec`` names, opened (its module imported now: only the one in use is loaded)."""
+    return sources.source_class(spec.source).open(spec, progress)
 
 
 def build_dataset(
@@ -163,7 +146,7 @@ def build_dataset(
     out_dir: str | Path | Location,
     *,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """Build the dataset ``spec`` describes into ``out_dir`` and return its manifest.
@@ -188,7 +171,7 @@ def write_dataset(
     out_dir: str | Path | Location,
     *,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Say | None = None,
     needs: Sequence[EpisodeNeed] = (),
 ) -> dict[str, Any]:
     """:func:`build_dataset` for an already opened ``source`` (``spec.source``/``path`` are
@@ -253,7 +236,7 @@ class _Plan:
     where: str
 
 
-def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Progress) -> dict[str, Any]:
+def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Say) -> dict[str, Any]:
     """Write the dataset in a hidden staging directory beside ``out`` and rename it into place."""
     staging = atomic.staging_dir(out)
     try:
@@ -271,7 +254,7 @@ def _write_local(plan: _Plan, out: Path, overwrite: bool, say: Progress) -> dict
     return manifest
 
 
-def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Progress) -> dict[str, Any]:
+def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Say) -> dict[str, Any]:
     """Publish on an object store, which has no rename: the split files go to a staging prefix
     beside ``target`` and are moved into it, the manifest is written last (one PUT). A reader
     takes ``target`` for a dataset only when its manifest is there and matches its files, so
@@ -293,7 +276,7 @@ def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Progress)
     return manifest
 
 
-def _write_files(plan: _Plan, directory: Path, say: Progress) -> dict[str, Any]:
+def _write_files(plan: _Plan, directory: Path, say: Say) -> dict[str, Any]:
     """Write every split file into ``directory``; returns the manifest (not written yet)."""
     resolved = plan.resolved
     image_shape = (resolved.channels, resolved.image_size, resolved.image_size)
@@ -358,7 +341,7 @@ def _existing_dataset(out: Location, fp: str, overwrite: bool) -> dict[str, Any]
     return None
 
 
-def _remove_stale(out: Location, say: Progress) -> None:
+def _remove_stale(out: Location, say: Say) -> None:
     """Delete what builds of ``out`` that were killed left beside it, in one progress line."""
     if out.local:
         removed = [p.name for p in atomic.remove_stale(Path(out.path))]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
-from tasks.atomic import fsync_path
+from tasks import atomic
 from tasks.errors import DatasetError
 
 _CHUNK = 1 << 20
@@ -30,27 +29,17 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
     Raises :class:`DatasetError` naming the URL when it cannot be reached (no network, HTTP
     error) or when the bytes do not match the checksum.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    def download(out: BinaryIO) -> None:
         digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while chunk := response.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise DatasetError(
-                    f"cannot download {url}: network unreachable or request failed ({reason})"
-                ) from exc
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                while chunk := response.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DatasetError(f"cannot download {url}: network unreachable or request failed ({reason})") from exc
         if digest.hexdigest() != md5:
             raise DatasetError(f"download of {url} is corrupt: md5 {digest.hexdigest()}, expected {md5}")
-        os.replace(tmp, dest)
-        fsync_path(dest.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic.write_file(dest, download, durable=True)

@@ -14,21 +14,34 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tasks.decode import Unreadable, image_extensions, is_grey, read_image
 from tasks.errors import DatasetError
 from tasks.folder_scan import UNREADABLE, scan
+from tasks.say import Say
 from tasks.source import ClassInfo, Source, Survey
 
+if TYPE_CHECKING:
+    from tasks.build import BuildSpec
+
 MIN_IMAGES_PER_CLASS = 2  # the smallest episode shows each class once as support, once as query
+# Bump when tasks.decode changes what a file becomes, so datasets built by an older decoder (16-bit
+# PNGs stored as 255) get a new fingerprint.
+DECODER_VERSION = 2
 
 
 class FolderSource(Source):
     """Classes from the sub-folders of ``root``; every file is read once by :meth:`survey`."""
 
     kind = "folder"
+    path_use = "required"
+    path_note = "the root with one sub-folder per class"
+    default_channels = "auto"
+    settings = ("skip_unreadable",)
+    fingerprint_params = {"decoder_version": DECODER_VERSION}
 
     def __init__(self, root: str | Path, skip_unreadable: bool = False) -> None:
         self._root = Path(root).expanduser()
@@ -44,6 +57,10 @@ class FolderSource(Source):
         self._readable: dict[str, list[str]] | None = None
         self._survey: Survey | None = None
         self._digest: str | None = None
+
+    @classmethod
+    def open(cls, spec: BuildSpec, progress: Say | None = None) -> FolderSource:
+        return cls(spec.path or "", skip_unreadable=spec.skip_unreadable)
 
     @property
     def location(self) -> str:

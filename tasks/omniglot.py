@@ -16,15 +16,19 @@ import hashlib
 import io
 import os
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tasks.download import fetch, file_md5
 from tasks.errors import DatasetError
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
+
+if TYPE_CHECKING:
+    from tasks.build import BuildSpec
 
 SETS = {"images_background": "background", "images_evaluation": "evaluation"}
 URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
@@ -85,6 +89,9 @@ class OmniglotSource(Source):
     template with ``{name}``; point it at a mirror if needed) when the archives are missing."""
 
     kind = "omniglot"
+    path_note = "images_background.zip and images_evaluation.zip, or their extracted folders; unset: download them"
+    split_methods = ("random", "by-alphabet")
+    class_counts = (172, 423)  # val, test: the Vinyals/ProtoNet split, 1200 train characters (incl. val) / 423
 
     def __init__(
         self,
@@ -92,7 +99,7 @@ class OmniglotSource(Source):
         *,
         cache_dir: Path | None = None,
         url: str = URL,
-        progress: Callable[[str], None] | None = None,
+        progress: Say | None = None,
     ) -> None:
         if path is None:
             root = cache_dir or default_cache_dir()
@@ -114,6 +121,10 @@ class OmniglotSource(Source):
             self.close()
             raise
         self._digest: str | None = None
+
+    @classmethod
+    def open(cls, spec: BuildSpec, progress: Say | None = None) -> OmniglotSource:
+        return cls(spec.path, progress=progress)
 
     @property
     def location(self) -> str:
@@ -172,7 +183,7 @@ def _open_set(root: Path, set_name: str) -> _ZipMembers | _FolderMembers:
     )
 
 
-def _ensure_downloaded(cache: Path, url_template: str, say: Callable[[str], None]) -> None:
+def _ensure_downloaded(cache: Path, url_template: str, say: Say) -> None:
     """Make ``cache`` hold both official archives with the published md5 (download if needed)."""
     for set_name, md5 in MD5.items():
         target = cache / f"{set_name}.zip"

@@ -1,13 +1,27 @@
-"""The interface every raw image source implements (Omniglot, image folder, synthetic glyphs)."""
+"""The interface every raw image source implements (Omniglot, image folder, synthetic glyphs).
+
+A source is a :class:`Source` subclass registered by name in :mod:`tasks.sources`. Besides
+reading its images it declares, as class attributes, how the build treats it: whether it takes
+``data.path``, which class splits it offers, its default class counts and channels, the build
+settings only it reads, and what else goes into its datasets' fingerprint.
+"""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+
+from tasks.say import Say
+
+if TYPE_CHECKING:
+    from tasks.build import BuildSpec
+
+PathUse = Literal["required", "optional", "unused"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,19 @@ class Source(abc.ABC):
     that holds files is a context manager; ``close`` releases them.
     """
 
-    kind: ClassVar[str]
+    kind: ClassVar[str]  # its name in tasks.sources, recorded in the manifest
+    path_use: ClassVar[PathUse] = "optional"  # whether it reads data.path
+    path_note: ClassVar[str] = ""  # what data.path is to it, or why it takes none (for the errors)
+    split_methods: ClassVar[tuple[str, ...]] = ("random",)  # the data.split values it offers
+    class_counts: ClassVar[tuple[int | float, int | float]] = (0.15, 0.2)  # default val, test classes
+    default_channels: ClassVar[int | str] = 1  # data.channels when unset: 1, 3 or "auto"
+    settings: ClassVar[tuple[str, ...]] = ()  # the BuildSpec fields only this source reads
+    fingerprint_params: ClassVar[Mapping[str, Any]] = {}  # hashed into its datasets' fingerprints
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, spec: BuildSpec, progress: Say | None = None) -> Source:
+        """The source ``spec`` (a validated build spec naming this source) describes."""
 
     @property
     @abc.abstractmethod

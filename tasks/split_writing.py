@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +15,15 @@ from tasks.decode import is_grey
 from tasks.errors import DatasetError
 from tasks.parquet_io import SplitWriter
 from tasks.preprocess import prepare, rotated
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
 from tasks.split_check import EpisodeNeed, check_class_images
-
-Progress = Callable[[str], None]
 
 
 class Ticker:
     """Reports progress about every 10% of the classes processed."""
 
-    def __init__(self, total: int, say: Progress) -> None:
+    def __init__(self, total: int, say: Say) -> None:
         self.total, self.done, self._say = total, 0, say
         self._step = max(1, total // 10)
 

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from tasks import atomic
+
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 CONNECT_TIMEOUT_S = 5
 REQUEST_TIMEOUT_S = 30
@@ -140,16 +142,7 @@ class Location:
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file atomically: readers see the old content or the new, never half."""
         if self.local:
-            path = Path(self.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic.write_file(Path(self.path), lambda f: f.write(data))
             return
         with self.filesystem.open_output_stream(self.path) as stream:  # one object PUT: atomic
             stream.write(data)

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tasks import glyphs
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
+
+if TYPE_CHECKING:
+    from tasks.build import BuildSpec
 
 GENERATOR_VERSION = 1  # bump whenever the drawing changes, so old fingerprints go stale
 CLASSES_PER_ALPHABET = 20
@@ -24,6 +29,9 @@ class SyntheticSource(Source):
     square, deterministic given ``seed``."""
 
     kind = "synthetic"
+    path_use = "unused"
+    path_note = "it draws its images"
+    settings = ("synthetic_classes", "synthetic_images_per_class")
 
     def __init__(self, classes: int = 400, images_per_class: int = 20, image_size: int = 28, seed: int = 0) -> None:
         if classes < 1 or images_per_class < 1 or image_size < 4:
@@ -35,6 +43,10 @@ class SyntheticSource(Source):
         self.images_per_class = images_per_class
         self.image_size = image_size
         self.seed = seed
+
+    @classmethod
+    def open(cls, spec: BuildSpec, progress: Say | None = None) -> SyntheticSource:
+        return cls(spec.synthetic_classes, spec.synthetic_images_per_class, spec.image_size, spec.seed)
 
     @property
     def location(self) -> None:

@@ -181,6 +181,12 @@ MISTAKES = [
         "config error: search.families: unknown learner family 'nope'; choose from: 'all', protonet,",
     ),
     Mistake(
+        "config-unknown-source", "misspells the data source",
+        "learn2tune build -c {config} --set data.source=omniglott",
+        "config error: data.source must be one of synthetic, omniglot, folder, got 'omniglott'; "
+        "did you mean 'omniglot'?",
+    ),
+    Mistake(
         "config-unknown-flag", "misspells a command-line flag",
         "learn2tune search {config} --trails 3",
         "unrecognized arguments: --trails 3 (see learn2tune --help)",

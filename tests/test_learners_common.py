@@ -50,7 +50,7 @@ def test_conv4_without_running_stats_is_a_pure_function_under_vmap():
     torch.testing.assert_close(batched, torch.stack([net(xt) for xt in x]))  # per-task batch statistics
 
 
-@pytest.mark.parametrize("family", ["protonet", "maml", "fomaml"])
+@pytest.mark.parametrize("family", family_names())
 def test_search_space_names_hyperparameters_with_defaults(family):
     cls = get_family(family)
     fields = {f.name for f in dataclasses.fields(cls.Hyperparams)}
@@ -97,3 +97,85 @@ def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path, family, hpar
     loaded.meta_train_step(b)
     for p, q in zip(learner.parameters(), loaded.parameters()):
         torch.testing.assert_close(p, q)
+
+
+PIXEL_MEAN_MODULE = '''
+"""A toy family: nearest class mean of the raw pixels, with a learned temperature."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from learners.base import Learner
+from learners.space import Float
+
+
+@dataclass(frozen=True)
+class PixelMeanHyperparams:
+    lr: float = 0.1
+
+
+class PixelMean(Learner):
+    family = "pixel_mean"
+    paper = "none: a nearest-mean baseline"
+    Hyperparams = PixelMeanHyperparams
+    search_space = {"lr": Float(1e-3, 1.0, log=True)}
+
+    def __init__(self, hparams, image_shape, ways):
+        super().__init__(hparams, image_shape, ways)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=hparams.lr)
+
+    def predict(self, support_x, support_y, query_x):
+        onehot = nn.functional.one_hot(support_y).to(support_x.dtype)  # [tasks, support, ways]
+        means = onehot.transpose(1, 2) @ support_x.flatten(2) / onehot.sum(1).unsqueeze(-1)
+        return -self.log_scale.exp() * torch.cdist(query_x.flatten(2), means) ** 2
+
+    def meta_train_step(self, batch):
+        logits = self.predict(batch.support_x, batch.support_y, batch.query_x)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "accuracy": (logits.argmax(-1) == batch.query_y).float().mean().item()}
+'''
+
+
+def test_a_new_family_is_one_module_plus_one_registry_line(tmp_path, monkeypatch):
+    from learners import registry
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    (tmp_path / "pixel_mean_family.py").write_text(PIXEL_MEAN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry._FAMILIES, "pixel_mean", "pixel_mean_family:PixelMean")  # the registration line
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("search: {families: [pixel_mean, protonet], fixed: {pixel_mean: {lr: 0.5}}}\n")
+    config = load_config(config_file, [], cwd=tmp_path, environ={})
+    assert config.search.families == ("pixel_mean", "protonet")
+    every = load_config(config_file, [("search.families", "all")], cwd=tmp_path, environ={})
+    assert "pixel_mean" in every.search.families
+    with pytest.raises(ConfigError, match="pixel_mean has no hyperparameter 'width'; allowed: lr"):
+        load_config(config_file, [("search.fixed.pixel_mean.width", 8)], cwd=tmp_path, environ={})
+
+    torch.manual_seed(0)
+    learner = get_family("pixel_mean")(make_hparams("pixel_mean", {"lr": 0.5}), (1, 6, 6), 3)
+    support_y, query_y = (torch.arange(3).repeat_interleave(n).expand(2, -1).contiguous() for n in (2, 3))
+    support_x, query_x = (torch.rand(2, 3 * n, 1, 6, 6) for n in (2, 3))
+    batch = EpisodeBatch(support_x, support_y, query_x, query_y, 3)
+    assert learner.meta_train_step(batch)["loss"] > 0
+    assert learner.state_dict()["log_scale"] != 0  # one step moved the temperature
+    save_learner(learner, tmp_path / "ckpt", {"iteration": 1})
+    loaded, _ = load_learner(tmp_path / "ckpt")
+    assert type(loaded).__name__ == "PixelMean"
+    assert torch.equal(loaded.state_dict()["log_scale"], learner.state_dict()["log_scale"])
+
+
+def test_the_family_registry_checks_what_it_loads(monkeypatch):
+    from learners import registry
+
+    monkeypatch.setitem(registry._FAMILIES, "proto", "learners.protonet:ProtoNet")
+    with pytest.raises(TypeError, match="learners.protonet:ProtoNet is registered as family 'proto'"):
+        get_family("proto")

@@ -174,3 +174,87 @@ def test_omniglot_download_failure_suggests_path(tmp_path):
     with pytest.raises(DatasetError, match=r"md5 .* expected 68d2efa1b9178cc56df9314c21c6e718.*--path"):
         OmniglotSource(None, cache_dir=cache, url=mirror.as_uri() + "/{name}.zip")
     assert list(cache.iterdir()) == []
+
+
+STRIPES_MODULE = '''
+"""A toy data source: 12 classes of horizontal stripes, one period per class."""
+
+import hashlib
+
+import numpy as np
+
+from tasks.source import ClassInfo, Source
+
+
+class StripesSource(Source):
+    kind = "stripes"
+    path_use = "unused"
+    path_note = "it draws its stripes"
+
+    @classmethod
+    def open(cls, spec, progress=None):
+        return cls()
+
+    @property
+    def location(self):
+        return None
+
+    def classes(self):
+        return [ClassInfo(key=f"period{p:02d}", group=f"g{p % 3}") for p in range(2, 14)]
+
+    def images(self, key):
+        period, rows = int(key.removeprefix("period")), np.arange(20)
+        stripes = [(((rows + shift) // period) % 2 * 255).astype(np.uint8) for shift in range(4)]
+        return [np.repeat(column[:, None], 20, axis=1) for column in stripes]
+
+    def digest(self):
+        return hashlib.sha256(b"stripes 1").hexdigest()
+'''
+
+TWO_WAY = """\
+episodes:
+  train: {ways: 2, shots: 1, query: 1}
+  test: {ways: [2], shots: [1], query: 1}
+"""
+
+
+def test_a_new_source_is_one_module_plus_one_registry_line(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import EXIT_USER_ERROR, main
+    from tasks import sources
+    from tasks.store import DatasetStore
+
+    (tmp_path / "stripes_source.py").write_text(STRIPES_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sources._SOURCES, "stripes", "stripes_source:StripesSource")  # the registration line
+    (tmp_path / "two-way.yaml").write_text(TWO_WAY)
+    config = ["-c", str(tmp_path / "two-way.yaml"), "--set", f"workdir={tmp_path / 'runs'}"]
+
+    assert main(["build", "stripes", *config, "--out", str(tmp_path / "ds")]) == 0
+    store = DatasetStore.open(tmp_path / "ds")
+    assert store.manifest["source"]["kind"] == "stripes" and store.image_shape == (1, 28, 28)
+    assert sum(split["classes"] for split in store.manifest["splits"].values()) == 12
+    assert store.manifest["build"]["val_classes"] == 0.15  # the Source defaults apply
+
+    capsys.readouterr()
+    assert main(["build", "stripe", *config]) == EXIT_USER_ERROR
+    assert "data.source must be one of synthetic, omniglot, folder, stripes, got 'stripe'; did you mean 'stripes'?" in (
+        capsys.readouterr().err
+    )
+    assert main(["build", "stripes", *config, "--path", str(tmp_path)]) == EXIT_USER_ERROR
+    assert "data.path does not apply to source 'stripes' (it draws its stripes)" in capsys.readouterr().err
+    assert main(["build", "stripes", *config, "--split", "by-alphabet"]) == EXIT_USER_ERROR
+    assert "data.split 'by-alphabet' needs source 'omniglot', got 'stripes'" in capsys.readouterr().err
+
+
+def test_the_source_registry_names_its_sources_and_checks_what_it_loads(monkeypatch):
+    from tasks import sources
+
+    assert sources.source_names()[0] == "synthetic"  # the default source comes first
+    assert sources.source_class("folder") is FolderSource
+    with pytest.raises(ValueError, match=r"got 'omniglott'; did you mean 'omniglot'\?$"):
+        sources.source_class("omniglott")
+    with pytest.raises(ValueError, match=r"got 7$"):
+        sources.check_source_name(7)
+    monkeypatch.setitem(sources._SOURCES, "glyphs", "tasks.synthetic:SyntheticSource")
+    with pytest.raises(TypeError, match="registered as source 'glyphs' but its kind is 'synthetic'"):
+        sources.source_class("glyphs")
