@@ -18,7 +18,12 @@ from tasks.build import BuildSpec, build_dataset
 from tasks.store import DatasetStore
 
 ZIPS = ("images_background", "images_evaluation")
-SMOKE_DATA: dict[str, Any] = {"synthetic_classes": 120, "synthetic_images_per_class": 20, "val_classes": 24, "test_classes": 24}
+SMOKE_DATA: dict[str, Any] = {
+    "synthetic_classes": 120,
+    "synthetic_images_per_class": 20,
+    "val_classes": 24,
+    "test_classes": 24,
+}
 
 
 def check_omniglot(args: argparse.Namespace) -> None:

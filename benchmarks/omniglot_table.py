@@ -198,7 +198,6 @@ def _write(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return table, data
 
 
-
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="learn2tune bench omniglot",
