@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.omniglot_table import DEFAULT_DATA, REPO, ZIPS, dataset_dir
+from benchmarks.omniglot_datasets import ZIPS, dataset_dir
+from benchmarks.omniglot_options import DEFAULT_DATA, REPO
 from learners.maml import FOMAML
 from learners.registry import make_hparams
 from pipeline.cli import Parser

@@ -39,18 +39,9 @@ import torch
 
 from benchmarks import omniglot_report as report
 from benchmarks.omniglot_config import Cell, load_families, resolve, select_families, setting_spec
-from benchmarks.omniglot_table import (
-    SMOKE_DATA,
-    SMOKE_EPISODES,
-    SMOKE_ITERATIONS,
-    SMOKE_META_BATCH,
-    TEST_EPISODES,
-    TEST_QUERY,
-    check_omniglot,
-    dataset_dir,
-    shared_arguments,
-    tracking_uri,
-)
+from benchmarks.omniglot_datasets import SMOKE_DATA, check_omniglot, dataset_dir
+from benchmarks.omniglot_jobs import SMOKE_EPISODES, SMOKE_ITERATIONS, SMOKE_META_BATCH, TEST_EPISODES, TEST_QUERY
+from benchmarks.omniglot_options import shared_arguments, tracking_uri
 from learners.registry import make_hparams
 from pipeline.cli import Parser
 from pipeline.config import Config, load_config

@@ -1,5 +1,7 @@
 """The Ray Tune function trainable: meta-train one learner config, report val accuracy, checkpoint.
 
+The training itself is :func:`pipeline.meta_training.meta_train`; this module is its Tune adapter.
+
 Runs inside a Ray worker (in the trial's own directory, so every path it gets is absolute).
 Each trial logs to its own nested MLflow run, found or created under the search's parent run
 by trial id, so a trial restarted after a failure keeps logging to the same run.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,13 +29,12 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.device import TrialDevice, trial_device
 from pipeline.errors import PipelineError
+from pipeline.meta_training import Report, Schedule, TrainingEpisodes, meta_train
 from pipeline.placement import DEVICE_ERROR_TAG, device_tags, gpu_ids, placement_tags
-from pipeline.scoring import episode_accuracies
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, trial_hparams
 from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
 from tasks.episodes import EpisodeSpec
-from tasks.sampler import EpisodeSampler, fixed_episodes
-
+from tasks.sampler import fixed_episodes
 
 RESTORED_TAG = "learn2tune.restored_from_iteration"  # set when a trial resumes from a checkpoint
 
@@ -126,38 +126,35 @@ def _train(
     target = EpisodeSpec(episodes.train.ways, episodes.train.shots, episodes.train.query)
     # A resumed trial draws fresh episodes rather than replaying the ones before its checkpoint.
     sampler_seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
-    train_split = store.split("train")
-    wanted = learner.training_spec(target)
-    # A family that trains with more ways than configured (ProtoNet's train_ways) gets at most
-    # every class of the split, rather than a trial that fails on a small dataset.
-    spec = dataclasses.replace(wanted, ways=min(wanted.ways, train_split.num_classes))
-    sampler = EpisodeSampler(train_split, spec, tasks=episodes.meta_batch, seed=sampler_seed)
+    training = TrainingEpisodes(store.split("train"), target, episodes.meta_batch, sampler_seed)
     val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
-    device = learner.device
     placement = {"device": str(device_used.device), NODE_KEY: ray.get_runtime_context().get_node_id()}
-    window: list[dict[str, float]] = []
-    for iteration in range(start + 1, search.max_iterations + 1):
-        window.append(learner.meta_train_step(sampler.sample().to(device)))
-        loss = window[-1]["loss"]
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{family} training loss became {loss} at iteration {iteration}")
-        last = iteration == search.max_iterations
-        if iteration % search.eval_every and not last:
-            continue
-        metrics = {
-            "iteration": iteration,
-            "loss": float(np.mean([m["loss"] for m in window])),
-            "train_accuracy": float(np.mean([m["accuracy"] for m in window])),
-            "val_accuracy": float(episode_accuracies(learner, val_batches, device).mean()),
-        }
-        window = []
-        first_report = iteration <= start + search.eval_every  # this attempt's first: the warning goes once
-        warning = {"device_warning": device_used.warning} if device_used.warning and first_report else {}
-        tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if k != "iteration"}, iteration)
-        if iteration % search.checkpoint_every == 0 or last:
-            with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
-                save_learner(learner, directory, {"iteration": iteration})
-                report = {**metrics, **placement, **warning, FAMILY_KEY: family}
-                tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
-        else:
-            tune.report({**metrics, **placement, **warning, FAMILY_KEY: family})
+    reports = TuneReports(learner, client, run_id, {**placement, FAMILY_KEY: family}, device_used.warning)
+    schedule = Schedule(search.max_iterations, search.eval_every, search.checkpoint_every)
+    meta_train(learner, training, schedule, reports, start=start, validation=val_batches)
+
+
+class TuneReports:
+    """The loop's reports as a trial passes them on: MLflow metrics on the trial's run, then
+    ``tune.report`` (ASHA's input) with ``fields`` added and, when due, a checkpoint of the learner."""
+
+    def __init__(
+        self, learner: Learner, client: MlflowClient, run_id: str, fields: dict[str, str], warning: str | None
+    ) -> None:
+        self.learner, self.client, self.run_id, self.fields = learner, client, run_id, fields
+        self.warning = warning  # goes with this attempt's first report only
+
+    def __call__(self, report: Report) -> None:
+        curves = {"loss": report.loss, "train_accuracy": report.train_accuracy}
+        if report.val_accuracy is not None:
+            curves["val_accuracy"] = report.val_accuracy
+        tracking.log_metrics(self.client, self.run_id, curves, report.iteration)
+        warning = {"device_warning": self.warning} if self.warning else {}
+        self.warning = None
+        fields = {"iteration": report.iteration, **curves, **self.fields, **warning}
+        if not report.checkpoint:
+            tune.report(fields)
+            return
+        with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
+            save_learner(self.learner, directory, {"iteration": report.iteration})
+            tune.report(fields, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from benchmarks import omniglot_search, omniglot_table
+from benchmarks import omniglot_jobs, omniglot_search, omniglot_table
 from benchmarks.omniglot_config import load_family, resolve
 from learners.registry import get_family
 from pipeline import cli
@@ -53,7 +53,7 @@ def test_each_family_is_searched_as_its_table_cell_trains_starting_from_the_pape
             cell.train.query,
         )
         assert len(result["trials"]) == 2 and all(t["error"] is None for t in result["trials"])
-        assert all(t["iterations"] <= 2 * omniglot_table.SMOKE_ITERATIONS for t in result["trials"])
+        assert all(t["iterations"] <= 2 * omniglot_jobs.SMOKE_ITERATIONS for t in result["trials"])
         space = get_family(family).search_space
         fixed = {k: v for k, v in cell.hparams.items() if k not in space}
         for trial in result["trials"]:  # what is not searched stays as the cell has it
@@ -67,7 +67,7 @@ def test_each_family_is_searched_as_its_table_cell_trains_starting_from_the_pape
         manifest = json.loads((Path(result["dataset"]["dir"]) / "manifest.json").read_text())
         assert manifest["build"]["image_size"] == cell.image_size  # MANN 20x20, the table's dataset directory
         evaluation = json.loads((experiment / "evaluation.json").read_text())
-        assert evaluation["test_episodes"] == {"query": 5, "episodes": omniglot_table.SMOKE_EPISODES, "seed": 0}
+        assert evaluation["test_episodes"] == {"query": 5, "episodes": omniglot_jobs.SMOKE_EPISODES, "seed": 0}
         best = summary["families"][family]["best"]
         assert best["val_accuracy"] == max(t["val_accuracy"] for t in result["trials"])
         assert 0.0 <= best["test"]["accuracy"] <= 1.0 and list(evaluation["models"][0]["results"]) == ["5w1s"]
