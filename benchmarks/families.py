@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 methods[f"{f}:{path}"] = lambda lrn=learners[f], path=path: lrn.compute(path, batch)
     if "reptile" in learners:
         for path in ("loop", "vmap"):
-            methods[f"reptile:{path}"] = lambda lrn=make("reptile", device, path=path): lrn.meta_train_step(batch)
+            reptile = make("reptile", device, path=path)
+            methods[f"reptile:{path}"] = lambda lrn=reptile: lrn.meta_train_step(batch)
 
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)
@@ -105,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             fast, what = MAML_FAST, "compute (no optimizer)"
         fast_s, loop_s = median[f"{f}:{fast}"], median[f"{f}:loop"]
-        print(f"{f:<12}{what:<24}{fast:<7}{fast_s * 1e3:>9.1f}{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x")
+        print(
+            f"{f:<12}{what:<24}{fast:<7}{fast_s * 1e3:>9.1f}"
+            f"{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x"
+        )
     return 0
 
 

@@ -72,13 +72,13 @@ class BaselineMAML:
         """Mean query loss's gradient, accumulated into (and returned from) ``.grad``."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y, strict=True):
             learner = clone_module(self.net)
             named = [(sub, name, p) for sub in learner.modules() for name, p in sub._parameters.items() if p is not None]
             loss = F.cross_entropy(learner(sx), sy)
             grads = torch.autograd.grad(loss, [p for _, _, p in named], create_graph=not self.first_order)
             updates: dict[nn.Module, dict[str, torch.Tensor]] = {}
-            for (sub, name, p), g in zip(named, grads):
+            for (sub, name, p), g in zip(named, grads, strict=True):
                 updates.setdefault(sub, {})[name] = p - self.inner_lr * g
             update_module(learner, updates)
             total = total + F.cross_entropy(learner(qx), qy)
@@ -133,7 +133,7 @@ def learner(path: str, first_order: bool, device: torch.device) -> MAML:
 
 
 def max_relative_error(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
-    return max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference))
+    return max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference, strict=True))
 
 
 def run_order(first_order: bool, paths: list[str], iters: int, device: torch.device) -> None:
@@ -176,8 +176,9 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
     step_flops = counter.get_total_flops()
     achieved = step_flops / median[chosen]
     print(
-        f"   {chosen}: {step_flops / 1e9:.1f} GFLOP/iter -> {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul_flops:.0%} of "
-        f"this device's dense matmul ({matmul_flops / 1e9:.0f} GFLOP/s, torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32, same run)"
+        f"   {chosen}: {step_flops / 1e9:.1f} GFLOP/iter -> {achieved / 1e9:.1f} GFLOP/s "
+        f"= {achieved / matmul_flops:.0%} of this device's dense matmul "
+        f"({matmul_flops / 1e9:.0f} GFLOP/s, torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32, same run)"
     )
     ratio = median[chosen] / median["baseline"]
     print(f"   ratio chosen/baseline time: {ratio:.2f} (speed-up {1 / ratio:.2f}x)")
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     name = device_name(device)
     print(
         f"MAML meta-iteration, {WAYS}-way {SHOTS}-shot {QUERY} query, meta-batch {TASKS}, Conv-4 (64, stride 2) on "
-        f"{'x'.join(map(str, IMAGE))}, 1 inner step; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs"
+        f"{'x'.join(map(str, IMAGE))}, 1 inner step; {name}; torch {torch.__version__}; "
+        f"medians of {args.iters} interleaved runs"
     )
     for first_order in (False, True):
         run_order(first_order, paths, args.iters, device)

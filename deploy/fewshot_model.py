@@ -44,7 +44,7 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             {
                 "label": [names[i] for i in probabilities.argmax(axis=1)],
-                "probabilities": [dict(zip(names, map(float, row))) for row in probabilities],
+                "probabilities": [dict(zip(names, map(float, row), strict=True)) for row in probabilities],
                 "notes": "; ".join(episode.notes),
             }
         )

@@ -138,7 +138,7 @@ def _runs(family: str, path: str, run: Callable[[str], object]) -> bool:
     try:
         run(path)
     except Exception as exc:  # a path this machine cannot run, e.g. torch.compile without a compiler
-        warnings.warn(f"{family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
+        warnings.warn(f"{family}: skipping path {path!r} here ({type(exc).__name__}: {exc})", stacklevel=2)
         return False
     return True
 

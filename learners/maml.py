@@ -172,7 +172,8 @@ def validate_hparams(hparams: MAMLHyperparams) -> None:
         raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
     if hparams.inner_steps < 1 or hparams.test_inner_steps < 1:
         raise ValueError(
-            f"inner_steps and test_inner_steps must be at least 1, got {hparams.inner_steps} and {hparams.test_inner_steps}"
+            "inner_steps and test_inner_steps must be at least 1, "
+            f"got {hparams.inner_steps} and {hparams.test_inner_steps}"
         )
 
 

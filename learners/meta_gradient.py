@@ -46,9 +46,9 @@ back, where ``u_k+1`` is the adjoint at ``θ_k+1`` and the Hessian-vector produc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Mapping, Union
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 Params = dict[str, torch.Tensor]
-InnerLR = Union[float, Mapping[str, torch.Tensor]]  # a scalar, or a tensor per parameter (Meta-SGD's α)
+InnerLR = float | Mapping[str, torch.Tensor]  # a scalar, or a tensor per parameter (Meta-SGD's α)
 Stage = Callable[..., object]
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> (loss, logits)
 
@@ -145,7 +145,7 @@ class MetaGradient:
         lr = self.current_lr()
         if path == "loop":
             task = self._stages["task"]
-            grads, (losses, logits) = _stack([task(params, lr, *t) for t in zip(sx, sy, qx, qy)])
+            grads, (losses, logits) = _stack([task(params, lr, *t) for t in zip(sx, sy, qx, qy, strict=True)])
         elif path == "vmap":
             grads, (losses, logits) = self._stages["tasks"](params, lr, sx, sy, qx, qy)
         elif path in ("split", "split-vmap", "split-compiled"):
@@ -216,7 +216,7 @@ class MetaGradient:
         with torch.enable_grad():
             value, logits = loss(leaves, x, y)
             grads = torch.autograd.grad(value, list(leaves.values()))
-        return dict(zip(leaves, grads)), (value.detach(), logits.detach())
+        return dict(zip(leaves, grads, strict=True)), (value.detach(), logits.detach())
 
     def _compiled_stage(self, name: str) -> Stage:
         if name not in self._compiled:

@@ -68,7 +68,8 @@ class MetaSGD(MAML):
         validate_hparams(hparams)
         if not 0.0 <= hparams.alpha_low <= hparams.alpha_high:
             raise ValueError(
-                f"alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, got {hparams.alpha_low} and {hparams.alpha_high}"
+                "alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, "
+                f"got {hparams.alpha_low} and {hparams.alpha_high}"
             )
         self.net = adaptable_classifier(
             image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
@@ -79,7 +80,7 @@ class MetaSGD(MAML):
         self.alpha = nn.ParameterList(
             nn.Parameter(torch.empty_like(p).uniform_(hparams.alpha_low, hparams.alpha_high)) for p in self.net.parameters()
         )
-        self.alpha_by_name = dict(zip(names, self.alpha))  # the same Parameter objects, by name
+        self.alpha_by_name = dict(zip(names, self.alpha, strict=True))  # the same Parameter objects, by name
         self.meta_gradient = MetaGradient(self.net, self.alpha_by_name, hparams.inner_steps, hparams.first_order)
         self.optimizer = torch.optim.Adam([*self.net.parameters(), *self.alpha], lr=hparams.meta_lr)
         self.chosen_path = None if hparams.path == "auto" else hparams.path

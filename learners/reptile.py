@@ -136,7 +136,7 @@ class Reptile(Learner):
             return vmap(self._adapt_task, in_dims=(None, 0, 0))(params, xs, ys)
         if path != "loop":
             raise ValueError(f"unknown reptile path {path!r}; choose from: {', '.join(PATHS)}")
-        outputs = [self._adapt_task(params, x, y) for x, y in zip(xs, ys)]
+        outputs = [self._adapt_task(params, x, y) for x, y in zip(xs, ys, strict=True)]
         phi = {k: torch.stack([o[0][k] for o in outputs]) for k in params}
         return phi, torch.stack([o[1] for o in outputs]), torch.stack([o[2] for o in outputs])
 

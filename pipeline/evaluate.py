@@ -12,8 +12,8 @@ keeps what it finished, and running it again scores only the rest.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, Callable, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
 from pipeline import datasets, tracking

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -175,7 +176,8 @@ def _score(
     )
     out(
         f"promote {name}: scoring version(s) {', '.join(v.number for v in versions)} on the same "
-        f"{config.episodes.test.episodes} test episodes ({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
+        f"{config.episodes.test.episodes} test episodes "
+        f"({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
     )
     device = pick_device(config.device)
     scores = {}
@@ -216,7 +218,7 @@ def _record(
     accuracy, ci95 = mean_ci95(challenger_acc)
     record: dict[str, Any] = {
         "decision": decision,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "episodes": f"{len(challenger_acc)} x {setting_key(setting.ways, setting.shots)}, "
         f"query {config.episodes.test.query}, seed {config.seed}",
         "dataset_fingerprint": setting.fingerprint,

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from pipeline.config import Resources

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pipeline.errors import ConfigError
 

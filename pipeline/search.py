@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from learners.registry import make_hparams
 from pipeline import datasets, tracking

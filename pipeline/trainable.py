@@ -35,7 +35,6 @@ from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
 
-
 RESTORED_TAG = "learn2tune.restored_from_iteration"  # set when a trial resumes from a checkpoint
 
 

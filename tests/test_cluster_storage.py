@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from services import QUIET, S3, RayCluster, free_port, start, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

@@ -162,7 +162,7 @@ def test_checkpoint_round_trip_gives_identical_predictions_and_resumes_exactly(t
     # Training goes on identically from the checkpoint.
     step = _episode(seed=9)
     assert loaded.meta_train_step(step) == learner.meta_train_step(step)
-    for (name, a), b in zip(learner.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(learner.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -81,11 +81,11 @@ def trained(glyphs, test_episodes):
             untrained = _accuracy(learner, test_episodes)
             sampler = EpisodeSampler(glyphs.split("train"), learner.training_spec(SPEC), tasks=META_BATCH, seed=1)
             start = time.monotonic()
-            for step in range(1, STEPS[family] + 1):
+            for _ in range(STEPS[family]):
                 metrics = learner.meta_train_step(sampler.sample().to("cpu"))
                 assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
             seconds = time.monotonic() - start
-            cache[family] = (learner, untrained, _accuracy(learner, test_episodes), step, seconds)
+            cache[family] = (learner, untrained, _accuracy(learner, test_episodes), STEPS[family], seconds)
         return cache[family]
 
     return get
@@ -178,13 +178,13 @@ def test_checkpoint_round_trip_predicts_identically_and_resumes(family, trained,
 def test_evaluation_embeds_in_chunks_with_the_same_result():
     net = Conv4((1, 28, 28), width=4, depth=4).eval()
     support, query = torch.rand(3, 300, 1, 28, 28), torch.rand(3, 400, 1, 28, 28)  # 2100 images > one chunk
-    assert 3 * 700 > EVAL_EMBED_CHUNK
+    assert EVAL_EMBED_CHUNK < 3 * 700
     with torch.no_grad():
         chunked = embed_tasks(net, support, query)
     with torch.enable_grad():
         whole = embed_tasks(net, support, query)
     assert [c.shape for c in chunked] == [(3, 300, 4), (3, 400, 4)]
-    assert all(torch.allclose(c, w, atol=1e-6) for c, w in zip(chunked, whole))
+    assert all(torch.allclose(c, w, atol=1e-6) for c, w in zip(chunked, whole, strict=True))
 
 
 # --- siamese (Koch et al. 2015) --------------------------------------------------------------

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from fomaml_reference import ReferenceFOMAML, copy_weights, reference_network
+
 from learners.backbone import adaptable_classifier
 from learners.maml import FOMAML, MAML
 from learners.meta_gradient import MetaGradient
