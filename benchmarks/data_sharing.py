@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -266,7 +267,7 @@ def _connect(trials: int) -> Any:
     if not ray.is_initialized():
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(num_cpus=trials, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=trials, include_dashboard=False, logging_level=logging.WARNING)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < trials:
         raise PipelineError(f"--trials {trials} needs {trials} CPUs in Ray, it has {cpus:g}")

@@ -22,6 +22,7 @@ rotating order (the CPU may be shared); medians are reported.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -72,15 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     batch = random_batch(device, tasks=args.tasks)
     families = family_names()
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
-    methods: dict[str, Callable[[], object]] = {f: (lambda lrn=lrn: lrn.meta_train_step(batch)) for f, lrn in learners.items()}
+    methods: dict[str, Callable[[], object]] = {f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()}
     for f in SPLIT_FAMILIES:
         if f in learners:
             for path in (MAML_FAST, MAML_LOOP):
-                methods[f"{f}:{path}"] = lambda lrn=learners[f], path=path: lrn.compute(path, batch)
+                methods[f"{f}:{path}"] = functools.partial(learners[f].compute, path, batch)
     if "reptile" in learners:
         for path in ("loop", "vmap"):
-            reptile = make("reptile", device, path=path)
-            methods[f"reptile:{path}"] = lambda lrn=reptile: lrn.meta_train_step(batch)
+            methods[f"reptile:{path}"] = functools.partial(make("reptile", device, path=path).meta_train_step, batch)
 
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)

@@ -88,7 +88,7 @@ TEST_QUERY = {"full": {5: 15, 20: 15}, "cpu": {5: 5, 20: 1}}
 # evaluate stage's size, for GPUs) score 1.4-2x slower than ~250 (cache). Results do not depend on it.
 CPU_BATCH_IMAGES = 256
 SMOKE_ITERATIONS, SMOKE_META_BATCH, SMOKE_EPISODES = 2, 2, 10
-SMOKE_DATA = {"synthetic_classes": 120, "synthetic_images_per_class": 20, "val_classes": 24, "test_classes": 24}
+SMOKE_DATA: dict[str, Any] = {"synthetic_classes": 120, "synthetic_images_per_class": 20, "val_classes": 24, "test_classes": 24}
 CURVE_POINTS = 100  # training-curve points logged per cell
 PROGRESS_SECONDS = 30.0
 BUDGET_NOTES = {
@@ -536,7 +536,9 @@ def read_tuned(paths: list[Path]) -> dict[str, Any]:
     omniglot-search`` (``runs/tune/omniglot-search.json``), which stands for each family's evaluation.
     """
     families: dict[str, dict[str, Any]] = {}
-    sources, protocols, scored = [], set(), set()
+    sources: list[str] = []
+    protocols: set[str] = set()
+    scored: set[str] = set()
     for path in paths:
         file = path / EVALUATION_FILE if path.is_dir() else path
         data = read_json(

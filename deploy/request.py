@@ -57,7 +57,8 @@ def parse_episode(frame: pd.DataFrame, image_shape: tuple[int, int, int]) -> Epi
     missing = [c for c in ("role", "image") if c not in frame.columns]
     if missing:
         raise RequestError(f"missing column(s) {', '.join(missing)}; expected columns role, label, image")
-    support_rows, query_rows = [], []
+    support_rows: list[tuple[int, Any]] = []  # (position, the frame's row)
+    query_rows: list[tuple[int, Any]] = []
     for position, (_, row) in enumerate(frame.iterrows()):
         role = row["role"]
         if role not in ROLES:

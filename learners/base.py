@@ -45,12 +45,14 @@ class Learner(nn.Module, abc.ABC):
     paper: ClassVar[str]
     Hyperparams: ClassVar[type]
     search_space: ClassVar[SearchSpace] = {}
+    optimizer: torch.optim.Optimizer  # the meta-optimizer, built by each family's __init__
     fixed_ways: ClassVar[bool] = False  # one output unit per way: scores only ``ways``-way episodes
 
     def __init__(self, hparams: Any, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__()
         self.hparams = hparams
-        self.image_shape = tuple(image_shape)
+        channels, height, width = image_shape  # a list when read back from JSON
+        self.image_shape = (channels, height, width)
         self.ways = ways
 
     @property

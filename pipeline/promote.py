@@ -99,7 +99,7 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
 
     setting = Setting.of(name, challenger)
     differences = setting.differences(Setting.of(name, champion)) if champion is not None else []
-    if differences and not force:
+    if champion is not None and differences and not force:  # differences need a champion
         raise PipelineError(
             f"cannot compare {name} version {challenger.number} with champion version {champion.number}: "
             f"{'; '.join(differences)}. Compare models of one dataset and setting, or pass --force to move "
@@ -129,7 +129,8 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, challenger.number)
     _report(name, challenger, champion, record, promoted, out)
-    return {"name": name, "champion": challenger.number if promoted else champion.number, **record}
+    holder = challenger.number if promoted or champion is None else champion.number
+    return {"name": name, "champion": holder, **record}
 
 
 def _version(client: MlflowClient, name: str, version: str | None) -> RegisteredVersion:
@@ -245,8 +246,8 @@ def _report(
     name: str, challenger: RegisteredVersion, champion: RegisteredVersion | None, record: dict, promoted: bool, out: Out
 ) -> None:
     out(f"  candidate version {challenger.number}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
-    if "champion_accuracy" in record:
+    if champion is not None and "champion_accuracy" in record:
         out(f"  champion  version {champion.number}: {record['champion_accuracy']} ± {record['champion_ci95']}")
         out(f"  paired difference: {record['paired_difference']} ± {record['paired_difference_ci95']}")
-    holder = challenger.number if promoted else champion.number
+    holder = challenger.number if promoted or champion is None else champion.number
     out(f"{record['decision']}: {name}@{CHAMPION} is version {holder}")

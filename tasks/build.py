@@ -32,10 +32,10 @@ from tasks.manifest import (
     write_manifest,
 )
 from tasks.preprocess import RESIZE_FILTER
-from tasks.source import ClassInfo, Source
+from tasks.source import Source
 from tasks.split_check import EpisodeNeed, check_classes
 from tasks.split_writing import SplitWriting, Ticker
-from tasks.splits import METHODS, SPLIT_NAMES, split_classes
+from tasks.splits import METHODS, SPLIT_NAMES, ClassSplit, split_classes
 from tasks.storage import Location
 
 SOURCES = ("synthetic", "omniglot", "folder")
@@ -209,6 +209,7 @@ def write_dataset(
         return existing
     resolved = spec.resolved()
     survey = source.survey()
+    assert resolved.channels is not None, "BuildSpec.resolved() fills in the source's default"
     channels, channels_reason = choose_channels(resolved.channels, survey)
     resolved = dataclasses.replace(resolved, channels=channels)
     classes = source.classes()
@@ -243,7 +244,7 @@ class _Plan:
     """Everything decided before the first file is written: what goes into each split, and how."""
 
     source: Source
-    split: dict[str, list[ClassInfo]]
+    split: ClassSplit
     resolved: BuildSpec
     digest: str
     fingerprint: str
@@ -296,6 +297,7 @@ def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Progress)
 def _write_files(plan: _Plan, directory: Path, say: Progress) -> dict[str, Any]:
     """Write every split file into ``directory``; returns the manifest (not written yet)."""
     resolved = plan.resolved
+    assert isinstance(resolved.channels, int), "build_dataset stores the chosen channel count in plan.resolved"
     image_shape = (resolved.channels, resolved.image_size, resolved.image_size)
     ticker = Ticker(sum(len(members) for _, members in plan.split.items()), say)
     conversions: Counter[str] = Counter()

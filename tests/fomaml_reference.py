@@ -77,9 +77,10 @@ class ReferenceFOMAML:
             F.cross_entropy(logits, qy).backward()
             correct += (logits.argmax(-1) == qy).float().mean().item()
             for p, adapted in zip(self.net.parameters(), learner.parameters(), strict=True):
+                assert adapted.grad is not None  # the query loss reaches every weight
                 share = adapted.grad / tasks
                 p.grad = share if p.grad is None else p.grad + share
-        return [p.grad for p in self.net.parameters()], correct / tasks
+        return [p.grad for p in self.net.parameters() if p.grad is not None], correct / tasks
 
     def meta_train_step(self, support_x, support_y, query_x, query_y) -> float:
         """One meta-update; returns the query accuracy of the adapted weights (before the update)."""

@@ -186,7 +186,7 @@ def ops_ray_nodes(tmp_path_factory) -> Iterator[RayNodes]:
         "--include-dashboard=false",
     )  # fmt: skip
     try:
-        wait_until(lambda: _port_open(nodes.port), 90, "ray head", head, head.log)
+        wait_until(lambda: _port_open(nodes.port), 90, "ray head", head, head.log)  # type: ignore[attr-defined]  # set by start()
         yield nodes
     finally:
         nodes.stop()

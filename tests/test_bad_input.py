@@ -67,7 +67,7 @@ class World:
         }
 
 
-Setup = Callable[[Path, World], None]
+Setup = Callable[[Path, World], object]  # what it returns is ignored
 
 
 class Mistake(NamedTuple):

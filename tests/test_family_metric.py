@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ WIDTH = 32
 # these seeds at 25 steps (what a heavily loaded machine may leave of the cap), every family
 # already clears both bars.
 STEPS = {"siamese": 100, "matching": 100, "relation": 75}
-HPARAMS = {"siamese": {"embedding": 64}, "matching": {"fce": True}, "relation": {}}
+HPARAMS: dict[str, dict[str, Any]] = {"siamese": {"embedding": 64}, "matching": {"fce": True}, "relation": {}}
 TEST_EPISODES = 60
 # 5-way episodes: chance is 20%. A family must reach 40% (twice chance) on held-out test
 # classes AND beat the very same network untrained (same seed, same episodes) by 15 points,
@@ -116,7 +117,8 @@ def test_registered_with_paper_and_search_space(family):
     fields = {f.name for f in dataclasses.fields(learner_cls.Hyperparams)}
     assert {"lr", "width", "depth"} <= set(learner_cls.search_space) <= fields
     assert all(isinstance(d, (Float, Int, Choice)) for d in learner_cls.search_space.values())
-    assert learner_cls.search_space["lr"].log
+    lr = learner_cls.search_space["lr"]
+    assert isinstance(lr, Float) and lr.log
     assert make_hparams(family, {"width": 16.0}).width == 16
 
 
@@ -228,7 +230,8 @@ def test_siamese_loss_is_balanced_bce_over_the_episode_pairs():
     loss, _ = learner.episode_loss(batch)  # training-mode batch-norm, as in meta_train_step
     embeddings = torch.cat(embed_tasks(learner.twin, batch.support_x, batch.query_x), dim=1)
     labels = torch.cat([batch.support_y, batch.query_y], dim=1)
-    same, different = [], []
+    same: list[tuple[torch.Tensor, torch.Tensor]] = []  # (probability, whether the labels match)
+    different: list[tuple[torch.Tensor, torch.Tensor]] = []
     for t in range(2):  # pairs never cross tasks
         for i in range(9):
             for j in range(9):

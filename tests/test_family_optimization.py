@@ -239,6 +239,7 @@ def test_reptile_outer_step_interpolates_toward_the_explicitly_adapted_weights(p
     phis = []
     for t in range(b.tasks):  # φ_t: a plain copy of the network trained by a torch.optim optimizer
         net = copy.deepcopy(learner.net)
+        opt: torch.optim.Optimizer
         if inner_optimizer == "sgd":
             opt = torch.optim.SGD(net.parameters(), lr=inner_lr)
         else:

@@ -34,7 +34,7 @@ def test_conv4_mean_features_average_the_last_map_over_its_positions():
     assert net.embedding_dim == 8
     torch.testing.assert_close(net(x), net.blocks(x).mean((2, 3)))
     with pytest.raises(ValueError, match="features must be one of flatten, mean"):
-        Conv4((1, 28, 28), features="max")
+        Conv4((1, 28, 28), features="max")  # type: ignore[arg-type]  # the refused value under test
 
 
 def test_conv4_refuses_a_depth_the_image_cannot_take():
@@ -45,7 +45,7 @@ def test_conv4_refuses_a_depth_the_image_cannot_take():
 def test_conv4_without_running_stats_is_a_pure_function_under_vmap():
     net = Conv4((1, 12, 12), width=4, depth=2, downsample="stride", running_stats=False)
     assert not list(net.buffers())
-    params = dict(net.named_parameters())
+    params: dict[str, torch.Tensor] = dict(net.named_parameters())
     x = torch.rand(3, 5, 1, 12, 12)
     batched = vmap(lambda xt: functional_call(net, params, (xt,)))(x)
     torch.testing.assert_close(batched, torch.stack([net(xt) for xt in x]))  # per-task batch statistics

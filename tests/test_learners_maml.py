@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +40,7 @@ def make(family="maml", ways=3, **hparams) -> MAML:
 
 def explicit_meta_gradient(learner: MAML, b: EpisodeBatch, second_order: bool) -> dict[str, torch.Tensor]:
     """Task by task with plain autograd: the definition of the (second- or first-order) meta-gradient."""
-    params = dict(learner.net.named_parameters())
+    params: dict[str, torch.Tensor] = dict(learner.net.named_parameters())
     lr, steps = learner.hparams.inner_lr, learner.hparams.inner_steps
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y, strict=True):
@@ -60,7 +62,7 @@ def assert_same(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tenso
         torch.testing.assert_close(grads[name], ref, rtol=rtol, atol=rtol * ref.abs().max().item(), msg=name)
 
 
-CASES = [(path, steps) for path in PATHS if path != "split-compiled" for steps in (1, 2)]
+CASES: list[Any] = [(path, steps) for path in PATHS if path != "split-compiled" for steps in (1, 2)]
 # torch.compile takes a minute on a 2-core CPU: one compiled case (2 steps covers every stage), marked slow.
 CASES.append(pytest.param("split-compiled", 2, marks=pytest.mark.slow))
 
@@ -113,7 +115,7 @@ def test_auto_on_a_gpu_times_the_candidates_and_keeps_the_fastest():
         fastest = learner.fastest_path(batch(dtype=torch.float32))  # what choose_path runs on a GPU
     assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters(), strict=True))  # timing applies no update
     assert set(learner.path_timings_ms) == {"split", "loop"}
-    assert fastest == min(learner.path_timings_ms, key=learner.path_timings_ms.get)
+    assert fastest == min(learner.path_timings_ms, key=lambda path: learner.path_timings_ms[path])
 
 
 def test_auto_on_a_cpu_takes_the_first_candidate_that_runs_untimed():
@@ -167,4 +169,5 @@ def test_the_head_reads_what_finns_code_feeds_it(family):
     cls = get_family(family)
     stride = cls(make_hparams(family, {"width": 6, "depth": 2}), (1, 12, 12), 3)
     pool = cls(make_hparams(family, {"width": 6, "depth": 2, "downsample": "pool"}), (1, 12, 12), 3)
-    assert stride.net[1].in_features == 6 and pool.net[1].in_features == 6 * 3 * 3
+    heads = [next(m for m in learner.modules() if isinstance(m, torch.nn.Linear)) for learner in (stride, pool)]
+    assert heads[0].in_features == 6 and heads[1].in_features == 6 * 3 * 3

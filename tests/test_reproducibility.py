@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from learners.base import Learner
 from learners.checkpoint import build_learner
 from learners.registry import family_names
 from pipeline.cli import main
@@ -59,7 +60,7 @@ def test_same_seed_rebuilds_the_same_bytes_and_episodes(tmp_path, tasks_small_da
     assert all(lists[name] != original_lists[name] for name in lists)  # another split of the classes
 
 
-def _state(learner: torch.nn.Module) -> dict[str, Any]:
+def _state(learner: Learner) -> dict[str, Any]:
     return {"model": learner.state_dict(), "extra": learner.extra_state()}
 
 
