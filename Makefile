@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: run test bench ui clean env
+.PHONY: run test lint bench ui clean env
 
 env: $(STAMP)
 
@@ -36,6 +36,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff's rules, mypy, then ruff's formatting, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/ruff format --check .
+
 bench: $(STAMP)
 	$(BIN)/learn2tune bench
 
@@ -43,4 +49,4 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache
+	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache .mypy_cache .ruff_cache

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import sys
 import time
@@ -143,10 +144,10 @@ def measure(ray: Any, config: Config, path: str, trials: int, shared: SharedData
     return Measurement(
         path=path,
         trials=trials,
-        private_bytes=1024 * sum(a - before["uss"] for a, (_, before) in zip(after, idle)),
+        private_bytes=1024 * sum(a - before["uss"] for a, (_, before) in zip(after, idle, strict=True)),
         shared_bytes=_object_store_bytes(ray, shared),
         startups=startups,
-        peak_bytes=1024 * max(peak - before["rss"] for peak, (_, before) in zip(peaks, idle)),
+        peak_bytes=1024 * max(peak - before["rss"] for peak, (_, before) in zip(peaks, idle, strict=True)),
     )
 
 
@@ -202,7 +203,7 @@ def _print_rows(rows: list[Measurement], out: Any) -> None:
     names = dict(PATHS)
     widths = (-26, 7, 16, 14, 13, 12, 15, 8)  # negative: left-aligned
     header = ("path", "trials", "private (ΣUSS)", "object store", "node memory", "peak/trial", "start-up mean", "max")
-    out("".join(f"{name:{'<' if width < 0 else '>'}{abs(width)}}" for name, width in zip(header, widths)))
+    out("".join(f"{name:{'<' if width < 0 else '>'}{abs(width)}}" for name, width in zip(header, widths, strict=True)))
     for row in rows:
         out(
             f"{names[row.path]:<26}{row.trials:>7}{_mb(row.private_bytes):>16}{_mb(row.shared_bytes):>14}"
@@ -266,7 +267,7 @@ def _connect(trials: int) -> Any:
     if not ray.is_initialized():
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(num_cpus=trials, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=trials, include_dashboard=False, logging_level=logging.WARNING)
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < trials:
         raise PipelineError(f"--trials {trials} needs {trials} CPUs in Ray, it has {cpus:g}")

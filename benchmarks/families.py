@@ -22,6 +22,7 @@ rotating order (the CPU may be shared); medians are reported.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -72,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     batch = random_batch(device, tasks=args.tasks)
     families = family_names()
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
-    methods: dict[str, Callable[[], object]] = {f: (lambda lrn=lrn: lrn.meta_train_step(batch)) for f, lrn in learners.items()}
+    methods: dict[str, Callable[[], object]] = {f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()}
     for f in SPLIT_FAMILIES:
         if f in learners:
             for path in (MAML_FAST, MAML_LOOP):
-                methods[f"{f}:{path}"] = lambda lrn=learners[f], path=path: lrn.compute(path, batch)
+                methods[f"{f}:{path}"] = functools.partial(learners[f].compute, path, batch)
     if "reptile" in learners:
         for path in ("loop", "vmap"):
-            methods[f"reptile:{path}"] = lambda lrn=make("reptile", device, path=path): lrn.meta_train_step(batch)
+            methods[f"reptile:{path}"] = functools.partial(make("reptile", device, path=path).meta_train_step, batch)
 
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)
@@ -105,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             fast, what = MAML_FAST, "compute (no optimizer)"
         fast_s, loop_s = median[f"{f}:{fast}"], median[f"{f}:loop"]
-        print(f"{f:<12}{what:<24}{fast:<7}{fast_s * 1e3:>9.1f}{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x")
+        print(
+            f"{f:<12}{what:<24}{fast:<7}{fast_s * 1e3:>9.1f}"
+            f"{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x"
+        )
     return 0
 
 

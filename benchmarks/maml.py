@@ -23,6 +23,7 @@ saw every input channel (x the number of groups; ``vmap`` turns per-task weights
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -47,7 +48,8 @@ def clone_module(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters are graph-connected clones (learn2learn's way)."""
     clone = copy.copy(module)
     clone.__dict__ = module.__dict__.copy()
-    clone._parameters = {k: None if p is None else p.clone() for k, p in module._parameters.items()}
+    # learn2learn's trick: graph-connected tensors where nn.Module keeps Parameters
+    clone._parameters = {k: None if p is None else p.clone() for k, p in module._parameters.items()}  # type: ignore[misc]
     clone._buffers = dict(module._buffers)
     clone._modules = {k: None if m is None else clone_module(m) for k, m in module._modules.items()}
     return clone
@@ -56,7 +58,7 @@ def clone_module(module: nn.Module) -> nn.Module:
 def update_module(module: nn.Module, updates: dict[nn.Module, dict[str, torch.Tensor]]) -> None:
     """Swap in new parameter tensors, module by module."""
     for sub in module.modules():
-        sub._parameters.update(updates.get(sub, {}))
+        sub._parameters.update(updates.get(sub, {}))  # type: ignore[arg-type]  # tensors, as clone_module's
 
 
 class BaselineMAML:
@@ -71,19 +73,19 @@ class BaselineMAML:
     def meta_gradient(self, batch: EpisodeBatch) -> list[torch.Tensor]:
         """Mean query loss's gradient, accumulated into (and returned from) ``.grad``."""
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y):
+        total = torch.zeros((), device=batch.query_x.device)
+        for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y, strict=True):
             learner = clone_module(self.net)
             named = [(sub, name, p) for sub in learner.modules() for name, p in sub._parameters.items() if p is not None]
             loss = F.cross_entropy(learner(sx), sy)
             grads = torch.autograd.grad(loss, [p for _, _, p in named], create_graph=not self.first_order)
             updates: dict[nn.Module, dict[str, torch.Tensor]] = {}
-            for (sub, name, p), g in zip(named, grads):
+            for (sub, name, p), g in zip(named, grads, strict=True):
                 updates.setdefault(sub, {})[name] = p - self.inner_lr * g
             update_module(learner, updates)
             total = total + F.cross_entropy(learner(qx), qy)
         (total / batch.tasks).backward()
-        return [p.grad for p in self.net.parameters()]
+        return [p.grad for p in self.net.parameters() if p.grad is not None]
 
     def meta_train_step(self, batch: EpisodeBatch) -> None:
         self.meta_gradient(batch)
@@ -133,7 +135,7 @@ def learner(path: str, first_order: bool, device: torch.device) -> MAML:
 
 
 def max_relative_error(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
-    return max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference))
+    return max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference, strict=True))
 
 
 def run_order(first_order: bool, paths: list[str], iters: int, device: torch.device) -> None:
@@ -143,6 +145,7 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
     start = time.perf_counter()
     auto.meta_train_step(batch)
     chosen = auto.chosen_path
+    assert chosen is not None, "the first auto step picks a path"
     paths = list(dict.fromkeys([*paths, chosen]))
     timings = ", ".join(f"{p} {ms:.0f}" for p, ms in auto.path_timings_ms.items())
     how = f"ms: {timings}" if timings else "untimed off a GPU"
@@ -159,7 +162,7 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
         error = max_relative_error([grads[k] for k, _ in lrn.net.named_parameters()], reference)
         seconds = time.perf_counter() - start
         print(f"   {path:15s} first call {seconds:6.1f} s; meta-gradient vs baseline: max rel. diff {error:.1e}")
-        methods[path] = lambda lrn=lrn: lrn.meta_train_step(batch)
+        methods[path] = functools.partial(lrn.meta_train_step, batch)
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device) for _ in range(2))
     methods["matmul"] = lambda: torch.mm(a, b)
     for fn in methods.values():
@@ -176,8 +179,9 @@ def run_order(first_order: bool, paths: list[str], iters: int, device: torch.dev
     step_flops = counter.get_total_flops()
     achieved = step_flops / median[chosen]
     print(
-        f"   {chosen}: {step_flops / 1e9:.1f} GFLOP/iter -> {achieved / 1e9:.1f} GFLOP/s = {achieved / matmul_flops:.0%} of "
-        f"this device's dense matmul ({matmul_flops / 1e9:.0f} GFLOP/s, torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32, same run)"
+        f"   {chosen}: {step_flops / 1e9:.1f} GFLOP/iter -> {achieved / 1e9:.1f} GFLOP/s "
+        f"= {achieved / matmul_flops:.0%} of this device's dense matmul "
+        f"({matmul_flops / 1e9:.0f} GFLOP/s, torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32, same run)"
     )
     ratio = median[chosen] / median["baseline"]
     print(f"   ratio chosen/baseline time: {ratio:.2f} (speed-up {1 / ratio:.2f}x)")
@@ -199,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     name = device_name(device)
     print(
         f"MAML meta-iteration, {WAYS}-way {SHOTS}-shot {QUERY} query, meta-batch {TASKS}, Conv-4 (64, stride 2) on "
-        f"{'x'.join(map(str, IMAGE))}, 1 inner step; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs"
+        f"{'x'.join(map(str, IMAGE))}, 1 inner step; {name}; torch {torch.__version__}; "
+        f"medians of {args.iters} interleaved runs"
     )
     for first_order in (False, True):
         run_order(first_order, paths, args.iters, device)

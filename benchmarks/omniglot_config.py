@@ -28,10 +28,10 @@ before any training with an error naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from learners.checkpoint import build_learner
 from learners.registry import HyperparamError, UnknownFamilyError, family_names, make_hparams

@@ -11,8 +11,9 @@ import os
 import platform
 import subprocess
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None, say: Say | None = None) -> int:
     }
     started = time.time()
     say(
-        f"omniglot search, {args.budget} budget: {len(families)} families x {args.trials or DEFAULT_TRIALS[args.budget]} "
+        f"omniglot search, {args.budget} budget: {len(families)} families x "
+        f"{args.trials or DEFAULT_TRIALS[args.budget]} "
         f"trials at {SETTING}; summary {summary_path}"
     )
     for number, (family, config) in enumerate(configs.items(), start=1):
@@ -266,7 +267,8 @@ def render(summary: dict[str, Any], configs: dict[str, Config]) -> str:
         + (f" ({kept} famil{'y' if kept == 1 else 'ies'} kept from an earlier run)" if kept else "")
         + f"; hardware: {report.describe_hardware(summary['hardware'])}; trials get "
         f"{config.search.resources.cpu:g} CPU and {config.search.resources.gpu:g} GPU each.",
-        f"- Searches: {report.duration(total)} in all (wall time of this run {report.duration(summary['wall_seconds'])}).",
+        f"- Searches: {report.duration(total)} in all "
+        f"(wall time of this run {report.duration(summary['wall_seconds'])}).",
         f"- Each family: {config.search.trials} trials (Optuna TPE, ASHA with the grace period at a quarter of the "
         "iterations) that train as the family's table cell does (its episodes, meta-batch, meta-iterations, image "
         "size and every hyperparameter outside the family's search space); only the searched learning rates and "

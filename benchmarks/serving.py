@@ -49,7 +49,7 @@ def requests_from_glyphs(root: Path, count: int) -> list[dict]:
         for task in range(batch.support_x.shape[0]):
             support = [
                 (f"class-{y}", encode_image(x.numpy()))
-                for x, y in zip(batch.support_x[task], batch.support_y[task].tolist())
+                for x, y in zip(batch.support_x[task], batch.support_y[task].tolist(), strict=True)
             ]
             bodies.append(request_body(support, [encode_image(x.numpy()) for x in batch.query_x[task]]))
     return bodies

@@ -81,7 +81,7 @@ class FewShotClient:
 
 def request_body(support: Sequence[tuple[str, Image]], query: Sequence[Image]) -> dict[str, Any]:
     """The scoring server's ``dataframe_split`` JSON: one row (role, label, image) per image."""
-    data = [["support", str(label), encode_image(image)] for label, image in support]
+    data: list[list[str | None]] = [["support", str(label), encode_image(image)] for label, image in support]
     data += [["query", None, encode_image(image)] for image in query]
     return {"dataframe_split": {"columns": ["role", "label", "image"], "data": data}}
 

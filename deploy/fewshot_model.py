@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModel
 
 from deploy.request import RequestError, parse_episode
 from learners.checkpoint import load_learner
@@ -22,7 +22,7 @@ from learners.checkpoint import load_learner
 LEARNER_ARTIFACT = "learner"  # a directory holding learner.json and learner.pt
 
 
-class FewShotModel(mlflow.pyfunc.PythonModel):
+class FewShotModel(PythonModel):
     """Adapts on each request's support set and predicts its query images (CPU)."""
 
     def load_context(self, context: Any) -> None:
@@ -44,7 +44,7 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             {
                 "label": [names[i] for i in probabilities.argmax(axis=1)],
-                "probabilities": [dict(zip(names, map(float, row))) for row in probabilities],
+                "probabilities": [dict(zip(names, map(float, row), strict=True)) for row in probabilities],
                 "notes": "; ".join(episode.notes),
             }
         )

@@ -41,7 +41,8 @@ def local_server(
         while not client.ping():
             if process.poll() is not None or time.monotonic() > deadline:
                 _stop(process)
-                raise RuntimeError(f"{' '.join(command)} did not come up:\n{process.stdout.read()}")
+                output = process.stdout.read() if process.stdout is not None else ""
+                raise RuntimeError(f"{' '.join(command)} did not come up:\n{output}")
             time.sleep(0.5)
         yield client
     finally:

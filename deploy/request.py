@@ -57,7 +57,8 @@ def parse_episode(frame: pd.DataFrame, image_shape: tuple[int, int, int]) -> Epi
     missing = [c for c in ("role", "image") if c not in frame.columns]
     if missing:
         raise RequestError(f"missing column(s) {', '.join(missing)}; expected columns role, label, image")
-    support_rows, query_rows = [], []
+    support_rows: list[tuple[int, Any]] = []  # (position, the frame's row)
+    query_rows: list[tuple[int, Any]] = []
     for position, (_, row) in enumerate(frame.iterrows()):
         role = row["role"]
         if role not in ROLES:
@@ -74,7 +75,7 @@ def parse_episode(frame: pd.DataFrame, image_shape: tuple[int, int, int]) -> Epi
         raise RequestError(f"the support set has one class ({class_names[0]!r}); give at least 2 labels")
 
     index = {name: i for i, name in enumerate(class_names)}
-    ordered = sorted(zip(labels, support_rows), key=lambda pair: index[pair[0]])
+    ordered = sorted(zip(labels, support_rows, strict=True), key=lambda pair: index[pair[0]])
     conversions: Counter[str] = Counter()
     support = np.stack([_decode(row["image"], image_shape, position, conversions) for _, (position, row) in ordered])
     support_labels = np.array([index[label] for label, _ in ordered], dtype=np.int64)

@@ -45,12 +45,14 @@ class Learner(nn.Module, abc.ABC):
     paper: ClassVar[str]
     Hyperparams: ClassVar[type]
     search_space: ClassVar[SearchSpace] = {}
+    optimizer: torch.optim.Optimizer  # the meta-optimizer, built by each family's __init__
     fixed_ways: ClassVar[bool] = False  # one output unit per way: scores only ``ways``-way episodes
 
     def __init__(self, hparams: Any, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__()
         self.hparams = hparams
-        self.image_shape = tuple(image_shape)
+        channels, height, width = image_shape  # a list when read back from JSON
+        self.image_shape = (channels, height, width)
         self.ways = ways
 
     @property
@@ -138,7 +140,7 @@ def _runs(family: str, path: str, run: Callable[[str], object]) -> bool:
     try:
         run(path)
     except Exception as exc:  # a path this machine cannot run, e.g. torch.compile without a compiler
-        warnings.warn(f"{family}: skipping path {path!r} here ({type(exc).__name__}: {exc})")
+        warnings.warn(f"{family}: skipping path {path!r} here ({type(exc).__name__}: {exc})", stacklevel=2)
         return False
     return True
 

@@ -36,7 +36,7 @@ from typing import ClassVar
 
 import torch
 
-from learners.backbone import DOWNSAMPLES, Features, adaptable_classifier
+from learners.backbone import DOWNSAMPLES, Downsample, Features, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.meta_gradient import PATHS, MetaGradient, MetaStep
 from learners.space import Choice, Float, Int
@@ -60,7 +60,7 @@ class MAMLHyperparams(BackboneHyperparams):
     inner_lr: float = 0.4
     inner_steps: int = 1
     test_inner_steps: int = 10
-    downsample: str = "stride"
+    downsample: Downsample = "stride"
     path: str = "auto"
 
 
@@ -111,7 +111,7 @@ class MAML(Learner):
 
     def compute(self, path: str, batch: EpisodeBatch) -> MetaStep:
         """The meta-gradient of ``batch`` by ``path``, without applying it."""
-        params = dict(self.net.named_parameters())
+        params: dict[str, torch.Tensor] = dict(self.net.named_parameters())
         return self.meta_gradient(path, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
 
     def auto_candidates(self) -> tuple[str, ...]:
@@ -151,7 +151,7 @@ class FOMAML(MAML):
     """First-order MAML: MAML with ``first_order`` fixed (Finn et al. 2017, section 5.2)."""
 
     family: ClassVar[str] = "fomaml"
-    Hyperparams = MAMLHyperparams
+    Hyperparams = MAMLHyperparams  # type: ignore[assignment]  # MAML.Hyperparams less its first_order field
 
     @property
     def first_order(self) -> bool:
@@ -172,5 +172,6 @@ def validate_hparams(hparams: MAMLHyperparams) -> None:
         raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
     if hparams.inner_steps < 1 or hparams.test_inner_steps < 1:
         raise ValueError(
-            f"inner_steps and test_inner_steps must be at least 1, got {hparams.inner_steps} and {hparams.test_inner_steps}"
+            "inner_steps and test_inner_steps must be at least 1, "
+            f"got {hparams.inner_steps} and {hparams.test_inner_steps}"
         )

@@ -117,7 +117,7 @@ class Matching(EpisodeLossLearner):
     def embed(self, support_x: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``g(S) [T, S, D]`` and ``f(x̂) [T, NQ, D]`` (full-context when ``fce``)."""
         support, query = embed_tasks(self.encoder, support_x, query_x)
-        if self.hparams.fce:
+        if self.support_context is not None and self.query_context is not None:  # hparams.fce
             support = self.support_context(support)
             query = self.query_context(query, support)
         return support, query

@@ -46,9 +46,10 @@ back, where ``u_k+1`` is the adjoint at ``θ_k+1`` and the Hessian-vector produc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Mapping, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +57,8 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 Params = dict[str, torch.Tensor]
-InnerLR = Union[float, Mapping[str, torch.Tensor]]  # a scalar, or a tensor per parameter (Meta-SGD's α)
-Stage = Callable[..., object]
+InnerLR = float | Mapping[str, torch.Tensor]  # a scalar, or a tensor per parameter (Meta-SGD's α)
+Stage = Callable[..., Any]  # torch.func transforms: each stage returns its own tree of tensors
 LossFn = Callable[[Params, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> (loss, logits)
 
 PATHS: tuple[str, ...] = ("loop", "vmap", "split", "split-vmap", "split-compiled")
@@ -106,7 +107,7 @@ class MetaGradient:
 
     def current_lr(self) -> InnerLR:
         """The inner learning rate as it is now, detached (a float stays a float)."""
-        return {k: a.detach() for k, a in self.inner_lr.items()} if self.learned_lr else self.inner_lr
+        return {k: a.detach() for k, a in self.inner_lr.items()} if isinstance(self.inner_lr, Mapping) else self.inner_lr
 
     def step(self, params: Params, g: Params, lr: InnerLR | None = None) -> Params:
         """One SGD step ``θ - lr ⊙ g`` with a scalar or per-parameter ``lr`` (default: this inner rate)."""
@@ -145,7 +146,7 @@ class MetaGradient:
         lr = self.current_lr()
         if path == "loop":
             task = self._stages["task"]
-            grads, (losses, logits) = _stack([task(params, lr, *t) for t in zip(sx, sy, qx, qy)])
+            grads, (losses, logits) = _stack([task(params, lr, *t) for t in zip(sx, sy, qx, qy, strict=True)])
         elif path == "vmap":
             grads, (losses, logits) = self._stages["tasks"](params, lr, sx, sy, qx, qy)
         elif path in ("split", "split-vmap", "split-compiled"):
@@ -174,10 +175,14 @@ class MetaGradient:
 
     def _hvp(self, params: Params, tangent: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
         """Hessian of one task's support loss at ``params`` times ``tangent`` (forward-over-reverse)."""
-        return jvp(grad(lambda p: self.loss(p, x, y)[0]), (params,), (tangent,))[1]
+
+        def support_loss(p: Params) -> torch.Tensor:
+            return self.loss(p, x, y)[0]
+
+        return jvp(grad(support_loss), (params,), (tangent,))[1]
 
     def _split(self, path: str, params: Params, lr: InnerLR, sx, sy, qx, qy) -> MetaStep:
-        stage = self._compiled_stage if path == "split-compiled" else self._stages.__getitem__
+        stage: Callable[[str], Stage] = self._compiled_stage if path == "split-compiled" else self._stages.__getitem__
         trajectory, support_grads = stage("trajectory")(params, lr, sx, sy)
         weights = [params, *trajectory]
         if path == "split-vmap":
@@ -185,16 +190,16 @@ class MetaGradient:
         else:
             query = stage("query")
             v, (losses, logits) = _stack([query({k: p[t] for k, p in weights[-1].items()}, qx[t], qy[t]) for t in range(len(qx))])
-        lr_grads = None
-        if self.learned_lr:  # ∂L_q/∂α = -Σ_k u_k+1 ⊙ ∇L_s(θ_k), summed over tasks here, averaged below
+        lr_grads: Params | None = None
+        if isinstance(lr, Mapping):  # ∂L_q/∂α = -Σ_k u_k+1 ⊙ ∇L_s(θ_k), summed over tasks here, averaged below
             lr_grads = {name: torch.zeros_like(a) for name, a in lr.items()}
         for k in reversed(range(self.inner_steps)):
-            if self.learned_lr:
+            if lr_grads is not None:
                 lr_grads = {name: lr_grads[name] - (u * support_grads[k][name]).sum(0) for name, u in v.items()}
             if self.first_order:
                 continue  # ∂θ_K/∂θ taken as the identity: the adjoint stays the query gradient
             hvp = stage("hvp-shared" if k == 0 else "hvp-tasks")
-            if self.learned_lr:
+            if isinstance(lr, Mapping):
                 hv = hvp(weights[k], {name: lr[name] * u for name, u in v.items()}, sx, sy)
                 v = {name: u - hv[name] for name, u in v.items()}
             else:
@@ -216,7 +221,7 @@ class MetaGradient:
         with torch.enable_grad():
             value, logits = loss(leaves, x, y)
             grads = torch.autograd.grad(value, list(leaves.values()))
-        return dict(zip(leaves, grads)), (value.detach(), logits.detach())
+        return dict(zip(leaves, grads, strict=True)), (value.detach(), logits.detach())
 
     def _compiled_stage(self, name: str) -> Stage:
         if name not in self._compiled:
@@ -227,11 +232,10 @@ class MetaGradient:
         return self._compiled[name]
 
 
-def _stack(outputs: list[tuple[object, tuple[torch.Tensor, torch.Tensor]]]) -> tuple[object, tuple[torch.Tensor, torch.Tensor]]:
+def _stack(outputs: list[tuple[Any, tuple[torch.Tensor, torch.Tensor]]]) -> tuple[Any, tuple[torch.Tensor, torch.Tensor]]:
     """Stack per-task results; the gradients are a dict, or a tuple of dicts (``(θ, α)``)."""
     first = outputs[0][0]
+    stacked = (torch.stack([loss for _, (loss, _) in outputs]), torch.stack([lg for _, (_, lg) in outputs]))
     if isinstance(first, tuple):
-        grads = tuple({k: torch.stack([g[i][k] for g, _ in outputs]) for k in first[i]} for i in range(len(first)))
-    else:
-        grads = {k: torch.stack([g[k] for g, _ in outputs]) for k in first}
-    return grads, (torch.stack([loss for _, (loss, _) in outputs]), torch.stack([lg for _, (_, lg) in outputs]))
+        return tuple({k: torch.stack([g[i][k] for g, _ in outputs]) for k in first[i]} for i in range(len(first))), stacked
+    return {k: torch.stack([g[k] for g, _ in outputs]) for k in first}, stacked

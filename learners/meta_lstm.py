@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from learners.backbone import DOWNSAMPLES, adaptable_classifier
+from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.gradient_encoding import preprocess_gradients
 from learners.space import Choice, Float, Int
@@ -68,7 +68,7 @@ class MetaLSTMHyperparams(BackboneHyperparams):
     inner_steps: int = 5
     hidden: int = 20  # the first LSTM layer's size, as in the paper
     grad_clip: float = 0.25  # max meta-gradient norm (<= 0: no clipping)
-    downsample: str = "pool"
+    downsample: Downsample = "pool"
     path: str = "auto"
 
 

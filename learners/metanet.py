@@ -161,13 +161,14 @@ class MetaNet(Learner):
         self.b_output = nn.Linear(hp.hidden_dim, ways)
         # m: example-level fast-weight generator (Z), coordinate-wise MLP
         g = hp.generator_hidden
-        self.m = nn.Sequential(nn.Linear(2, g), nn.ReLU(), nn.Linear(g, g), nn.ReLU(), nn.Linear(g, 1))
+        m_input, m_hidden, m_output = nn.Linear(2, g), nn.Linear(g, g), nn.Linear(g, 1)  # initialised in this order
+        self.m = nn.Sequential(m_input, nn.ReLU(), m_hidden, nn.ReLU(), m_output)
         # d: task-level fast-weight generator (G), coordinate-wise LSTM over the pair gradients
         self.d_cell = nn.LSTMCell(2, g)
         self.d_output = nn.Linear(g, 1)
         # Generated weights start centred on zero (a default bias would give every coordinate the
         # same offset: with non-negative features, a layer that is all negative, i.e. a dead ReLU).
-        for layer in (self.m[-1], self.d_output):
+        for layer in (m_output, self.d_output):
             nn.init.zeros_(layer.bias)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
 

@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from learners.backbone import adaptable_classifier
+from learners.backbone import Downsample, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner
 from learners.maml import MAML, finn_features, validate_hparams
 from learners.meta_gradient import MetaGradient
@@ -44,7 +44,7 @@ class MetaSGDHyperparams(BackboneHyperparams):
     inner_steps: int = 1
     test_inner_steps: int = 1
     first_order: bool = False
-    downsample: str = "stride"
+    downsample: Downsample = "stride"
     path: str = "auto"
 
 
@@ -53,7 +53,7 @@ class MetaSGD(MAML):
 
     family: ClassVar[str] = "metasgd"
     paper: ClassVar[str] = "Li, Zhou, Chen & Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning (arXiv:1707.09835)"
-    Hyperparams = MetaSGDHyperparams
+    Hyperparams = MetaSGDHyperparams  # type: ignore[assignment]  # not MAML's: a rate range instead of inner_lr
 
     search_space = {
         "meta_lr": Float(1e-4, 1e-2, log=True),
@@ -65,10 +65,11 @@ class MetaSGD(MAML):
 
     def __init__(self, hparams: MetaSGDHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         Learner.__init__(self, hparams, image_shape, ways)  # MAML's own __init__ wants a scalar inner_lr
-        validate_hparams(hparams)
+        validate_hparams(hparams)  # type: ignore[arg-type]  # has every field it reads (path, downsample, steps)
         if not 0.0 <= hparams.alpha_low <= hparams.alpha_high:
             raise ValueError(
-                f"alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, got {hparams.alpha_low} and {hparams.alpha_high}"
+                "alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, "
+                f"got {hparams.alpha_low} and {hparams.alpha_high}"
             )
         self.net = adaptable_classifier(
             image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
@@ -79,7 +80,7 @@ class MetaSGD(MAML):
         self.alpha = nn.ParameterList(
             nn.Parameter(torch.empty_like(p).uniform_(hparams.alpha_low, hparams.alpha_high)) for p in self.net.parameters()
         )
-        self.alpha_by_name = dict(zip(names, self.alpha))  # the same Parameter objects, by name
+        self.alpha_by_name = dict(zip(names, self.alpha, strict=True))  # the same Parameter objects, by name
         self.meta_gradient = MetaGradient(self.net, self.alpha_by_name, hparams.inner_steps, hparams.first_order)
         self.optimizer = torch.optim.Adam([*self.net.parameters(), *self.alpha], lr=hparams.meta_lr)
         self.chosen_path = None if hparams.path == "auto" else hparams.path
@@ -96,6 +97,7 @@ class MetaSGD(MAML):
         step = self.compute(self.chosen_path, batch)
         for name, param in self.net.named_parameters():
             param.grad = step.grads[name]
+        assert step.lr_grads is not None, "a MetaGradient built with per-parameter rates returns their gradients"
         for name, alpha in self.alpha_by_name.items():
             alpha.grad = step.lr_grads[name]
         self.optimizer.step()

@@ -43,7 +43,7 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from learners.backbone import DOWNSAMPLES, adaptable_classifier
+from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
@@ -66,7 +66,7 @@ class ReptileHyperparams(BackboneHyperparams):
     test_inner_steps: int = 50
     outer_lr: float = 1.0
     transductive: bool = False
-    downsample: str = "stride"
+    downsample: Downsample = "stride"
     path: str = "auto"
 
 
@@ -136,7 +136,7 @@ class Reptile(Learner):
             return vmap(self._adapt_task, in_dims=(None, 0, 0))(params, xs, ys)
         if path != "loop":
             raise ValueError(f"unknown reptile path {path!r}; choose from: {', '.join(PATHS)}")
-        outputs = [self._adapt_task(params, x, y) for x, y in zip(xs, ys)]
+        outputs = [self._adapt_task(params, x, y) for x, y in zip(xs, ys, strict=True)]
         phi = {k: torch.stack([o[0][k] for o in outputs]) for k in params}
         return phi, torch.stack([o[1] for o in outputs]), torch.stack([o[2] for o in outputs])
 

@@ -8,7 +8,6 @@ them as data keeps ``learners/`` free of Optuna and Ray, so a learner runs with 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -36,5 +35,5 @@ class Choice:
     options: tuple
 
 
-Distribution = Union[Float, Int, Choice]
+Distribution = Float | Int | Choice
 SearchSpace = dict[str, Distribution]

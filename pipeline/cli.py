@@ -11,8 +11,9 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tasks.sources import source_names
 
@@ -248,7 +249,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         value = getattr(args, flag, None)
         if value is None or value is False:
             continue
-        pairs.append((key, {"scalar": parse_scalar, "list": parse_list, "text": str, "true": bool}[parse](value)))
+        parsers: dict[str, Callable[[Any], Any]] = {"scalar": parse_scalar, "list": parse_list, "text": str, "true": bool}
+        pairs.append((key, parsers[parse](value)))
     return pairs
 
 

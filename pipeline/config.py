@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -57,7 +58,7 @@ class DataConfig:
     synthetic_classes: int = setting(400, Integer(3))
     synthetic_images_per_class: int = setting(20, Integer(2))
     skip_unreadable: bool = setting(False, Boolean())  # folder: skip and count files Pillow cannot read
-    dir: str | None = setting(None, Optional(Text()))  # null: <workdir>/datasets/<name>
+    dir: str = setting("", Optional(Text(), null=""))  # "" (or null): <workdir>/datasets/<name>
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,9 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str | None = setting(None, Optional(Text()))
-    experiment: str | None = setting(None, Optional(Text()))
+    # "" (or null) until load_config fills them in: MLFLOW_TRACKING_URI or sqlite:///mlflow.db; the config's name
+    uri: str = setting("", Optional(Text(), null=""))
+    experiment: str = setting("", Optional(Text(), null=""))
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    model_name: str | None = setting(None, Optional(NAME))
+    model_name: str = setting("", Optional(NAME, null=""))  # "" (or null): load_config uses the config's name
     top_k: int = setting(1, Integer(1))
     best_per_family: bool = setting(False, Boolean())  # also evaluate each family's best trial
 

@@ -8,8 +8,8 @@ it does not have would otherwise train on CPU with nobody told.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -7,7 +7,7 @@ MLflow param cannot change once logged.
 from __future__ import annotations
 
 import socket
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from pipeline.device import TrialDevice
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,7 +19,7 @@ def learning_curve(curves: Mapping[str, Sequence[tuple[int, float]]], title: str
     for name, points in curves.items():
         if not points:
             continue
-        steps, values = zip(*points)
+        steps, values = zip(*points, strict=True)
         (loss_ax if name == "loss" else acc_ax).plot(steps, values, marker=".", label=name)
     acc_ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
     loss_ax.set(xlabel="meta-iteration", ylabel="training loss")

@@ -97,7 +97,7 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
 
     setting = Setting.of(name, challenger)
     differences = setting.differences(Setting.of(name, champion)) if champion is not None else []
-    if differences and not force:
+    if champion is not None and differences and not force:  # differences need a champion
         raise PipelineError(
             f"cannot compare {name} version {challenger.number} with champion version {champion.number}: "
             f"{'; '.join(differences)}. Compare models of one dataset and setting, or pass --force to move "
@@ -127,7 +127,8 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, challenger.number)
     _report(name, challenger, champion, record, promoted, out)
-    return {"name": name, "champion": challenger.number if promoted else champion.number, **record}
+    holder = challenger.number if promoted or champion is None else champion.number
+    return {"name": name, "champion": holder, **record}
 
 
 def _version(client: MlflowClient, name: str, version: str | None) -> RegisteredVersion:
@@ -174,7 +175,8 @@ def _score(
     )
     out(
         f"promote {name}: scoring version(s) {', '.join(v.number for v in versions)} on the same "
-        f"{config.episodes.test.episodes} test episodes ({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
+        f"{config.episodes.test.episodes} test episodes "
+        f"({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
     )
     device = pick_device(config.device)
     scores = {}
@@ -215,7 +217,7 @@ def _record(
     accuracy, ci95 = mean_ci95(challenger_acc)
     record: dict[str, Any] = {
         "decision": decision,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "episodes": f"{len(challenger_acc)} x {setting_key(setting.ways, setting.shots)}, "
         f"query {config.episodes.test.query}, seed {config.seed}",
         "dataset_fingerprint": setting.fingerprint,
@@ -242,8 +244,8 @@ def _report(
     name: str, challenger: RegisteredVersion, champion: RegisteredVersion | None, record: dict, promoted: bool, out: Out
 ) -> None:
     out(f"  candidate version {challenger.number}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
-    if "champion_accuracy" in record:
+    if champion is not None and "champion_accuracy" in record:
         out(f"  champion  version {champion.number}: {record['champion_accuracy']} ± {record['champion_ci95']}")
         out(f"  paired difference: {record['paired_difference']} ± {record['paired_difference_ci95']}")
-    holder = challenger.number if promoted else champion.number
+    holder = challenger.number if promoted or champion is None else champion.number
     out(f"{record['decision']}: {name}@{CHAMPION} is version {holder}")

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from deploy.packages import PROJECT_PACKAGES
@@ -148,7 +148,8 @@ def _gcs_refusal(address: str) -> str | None:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            ray._raylet.InnerGcsClient.standalone(address, None, int(PROBE_TIMEOUT_S * 1000))
+            # Cython class, not in ray/_raylet.pyi: the one call that probes a GCS once, with a timeout.
+            ray._raylet.InnerGcsClient.standalone(address, None, int(PROBE_TIMEOUT_S * 1000))  # type: ignore[attr-defined]
     except RpcError as exc:
         return str(exc).removeprefix("RPC error: ")
     finally:

@@ -114,7 +114,9 @@ def _ensure_registered_model(client, name: str) -> None:
 def _package_dir(name: str) -> Path:
     import importlib
 
-    return Path(importlib.import_module(name).__file__).parent
+    file = importlib.import_module(name).__file__
+    assert file is not None, f"{name} is a regular package (it has an __init__.py)"
+    return Path(file).parent
 
 
 def _requirements() -> list[str]:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pipeline.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class Rule(Protocol):
@@ -104,12 +108,13 @@ class OneOf:
 @dataclass(frozen=True)
 class Optional:
     rule: Rule
+    null: Any = None  # what null parses to ("" for text that load_config fills in when unset)
 
     def describe(self) -> str:
         return f"null or {self.rule.describe()}"
 
     def accepts(self, value: Any) -> Any:
-        return None if value is None else self.rule.accepts(value)
+        return self.null if value is None else self.rule.accepts(value)
 
 
 @dataclass(frozen=True)
@@ -166,12 +171,12 @@ def parse(cls: type[T], data: Any, where: str = "") -> T:
     for key in data:
         if key not in fields:
             raise ConfigError(_unknown_key(str(key), list(fields), where))
-    values = {}
+    values: dict[str, Any] = {}
     for name, value in data.items():
         f = fields[name]
         path = f"{where}.{name}" if where else name
-        if _is_section(f):
-            values[name] = parse(f.default_factory, value, path)
+        if (section_class := _section_class(f)) is not None:
+            values[name] = parse(section_class, value, path)
         else:
             values[name] = check(f.metadata["rule"], value, path)
     return cls(**values)
@@ -185,9 +190,10 @@ def check(rule: Rule, value: Any, path: str) -> Any:
         raise ConfigError(f"{path} must be {rule.describe()}, got {value!r}") from None
 
 
-def _is_section(f: dataclasses.Field) -> bool:
+def _section_class(f: dataclasses.Field) -> type[DataclassInstance] | None:
+    """The dataclass of a nested section (``section(cls)``), or None for a plain setting."""
     factory = f.default_factory
-    return factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory)
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
 
 
 def _unknown_key(key: str, allowed: list[str], where: str) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from learners.registry import make_hparams
 from pipeline import datasets, tracking
-from pipeline.config import Config
+from pipeline.config import Config, grace_iterations
 from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, error_reason
 from pipeline.io import read_json, write_json_atomic
 from pipeline.plots import learning_curve
@@ -196,7 +197,7 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
                 metric=METRIC,
                 mode="max",
                 max_t=search.max_iterations,
-                grace_period=search.grace_iterations,
+                grace_period=grace_iterations(search),
             ),
             num_samples=search.trials,
             max_concurrent_trials=search.max_concurrent,

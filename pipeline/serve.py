@@ -50,7 +50,8 @@ def resolve(config: Config, version: str | None, alias: str | None) -> ServeTarg
         what = f"version {version}" if version is not None else f"version with alias {alias!r}"
         hint = "; `learn2tune promote` sets the champion" if alias == DEFAULT_ALIAS else ""
         raise PipelineError(
-            f"model {name!r} in {config.tracking.uri} has no {what}{hint} (registry.model_name / --name picks the model)"
+            f"model {name!r} in {config.tracking.uri} has no {what}{hint} "
+            "(registry.model_name / --name picks the model)"
         ) from None
     return ServeTarget(uri, str(found.version), found.tags.get("family", "unknown family"))
 

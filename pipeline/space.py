@@ -12,8 +12,9 @@ also carries ``trial_index`` (Optuna's trial number), from which the trial deriv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from learners.registry import get_family
 from learners.space import Choice, Distribution, Float, Int

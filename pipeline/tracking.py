@@ -7,8 +7,9 @@ so trials running side by side in one Ray worker process cannot log into each ot
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
 

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from pipeline.config import Config
 from pipeline.datasets import open_dataset
@@ -25,7 +26,8 @@ TRIAL_SPLITS = ("train", "val")  # what a trial trains and validates on; test st
 class TrialDataset(Protocol):
     """What a trial reads: the image shape and its splits."""
 
-    image_shape: tuple[int, int, int]
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...
 
     def split(self, name: str) -> SplitStore: ...
 

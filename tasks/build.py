@@ -33,10 +33,10 @@ from tasks.manifest import (
 )
 from tasks.preprocess import RESIZE_FILTER
 from tasks.say import Say
-from tasks.source import ClassInfo, Source
+from tasks.source import Source
 from tasks.split_check import EpisodeNeed, check_classes
 from tasks.split_writing import SplitWriting, Ticker
-from tasks.splits import METHODS, SPLIT_NAMES, split_classes
+from tasks.splits import METHODS, SPLIT_NAMES, ClassSplit, split_classes
 from tasks.storage import Location
 
 _DATASET_FILES = {MANIFEST_NAME, *(f"{name}.parquet" for name in SPLIT_NAMES)}
@@ -192,6 +192,7 @@ def write_dataset(
         return existing
     resolved = spec.resolved()
     survey = source.survey()
+    assert resolved.channels is not None, "BuildSpec.resolved() fills in the source's default"
     channels, channels_reason = choose_channels(resolved.channels, survey)
     resolved = dataclasses.replace(resolved, channels=channels)
     classes = source.classes()
@@ -226,7 +227,7 @@ class _Plan:
     """Everything decided before the first file is written: what goes into each split, and how."""
 
     source: Source
-    split: dict[str, list[ClassInfo]]
+    split: ClassSplit
     resolved: BuildSpec
     digest: str
     fingerprint: str
@@ -279,6 +280,7 @@ def _write_remote(plan: _Plan, target: Location, overwrite: bool, say: Say) -> d
 def _write_files(plan: _Plan, directory: Path, say: Say) -> dict[str, Any]:
     """Write every split file into ``directory``; returns the manifest (not written yet)."""
     resolved = plan.resolved
+    assert isinstance(resolved.channels, int), "build_dataset stores the chosen channel count in plan.resolved"
     image_shape = (resolved.channels, resolved.image_size, resolved.image_size)
     ticker = Ticker(sum(len(members) for _, members in plan.split.items()), say)
     conversions: Counter[str] = Counter()

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import DatasetError
-from tasks.storage import Location, local
 from tasks.splits import SPLIT_NAMES
+from tasks.storage import Location, local
 
 FORMAT = "learn2tune-episodic-parquet"
 FORMAT_VERSION = 1

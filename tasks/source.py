@@ -95,6 +95,7 @@ class Source(abc.ABC):
 
     def close(self) -> None:
         """Release open files (nothing to release by default)."""
+        return None
 
     def __enter__(self) -> Source:
         return self

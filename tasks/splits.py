@@ -34,10 +34,7 @@ class ClassSplit:
 
 def resolve_count(value: int | float, pool: int, field: str) -> int:
     """Number of classes that ``value`` (count or fraction) takes from a pool of ``pool``."""
-    if isinstance(value, float):
-        count = round(value * pool)
-    else:
-        count = value
+    count = round(value * pool) if isinstance(value, float) else value
     if count >= pool:
         raise ValueError(
             f"{field}={value!r} takes {count} of the {pool} classes available, leaving none for training"

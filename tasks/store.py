@@ -173,5 +173,5 @@ def _check_classes(path: Location, table: pa.Table, offsets: np.ndarray, names: 
     if len(names):
         found = table.column("class_name").take(pa.array(offsets[:-1])).to_pylist()
         if found != names:
-            bad = next(i for i, (a, b) in enumerate(zip(found, names)) if a != b)
+            bad = next(i for i, (a, b) in enumerate(zip(found, names, strict=False)) if a != b)
             raise DatasetError(f"{path}: class {bad} is named {found[bad]!r}, manifest.json says {names[bad]!r}")

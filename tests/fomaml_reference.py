@@ -65,7 +65,7 @@ class ReferenceFOMAML:
         """The mean first-order meta-gradient (left in ``.grad`` and returned) and the mean query accuracy."""
         self.optimizer.zero_grad(set_to_none=True)
         tasks, correct = len(support_x), 0.0
-        for sx, sy, qx, qy in zip(support_x, support_y, query_x, query_y):
+        for sx, sy, qx, qy in zip(support_x, support_y, query_x, query_y, strict=True):
             learner = copy.deepcopy(self.net)
             inner = torch.optim.SGD(learner.parameters(), lr=self.inner_lr)
             for _ in range(self.inner_steps):
@@ -76,10 +76,11 @@ class ReferenceFOMAML:
             logits = learner(qx)
             F.cross_entropy(logits, qy).backward()
             correct += (logits.argmax(-1) == qy).float().mean().item()
-            for p, adapted in zip(self.net.parameters(), learner.parameters()):
+            for p, adapted in zip(self.net.parameters(), learner.parameters(), strict=True):
+                assert adapted.grad is not None  # the query loss reaches every weight
                 share = adapted.grad / tasks
                 p.grad = share if p.grad is None else p.grad + share
-        return [p.grad for p in self.net.parameters()], correct / tasks
+        return [p.grad for p in self.net.parameters() if p.grad is not None], correct / tasks
 
     def meta_train_step(self, support_x, support_y, query_x, query_y) -> float:
         """One meta-update; returns the query accuracy of the adapted weights (before the update)."""

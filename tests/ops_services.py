@@ -7,6 +7,7 @@ for the whole session through ``pytest_plugins`` in tests/conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,9 +16,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -37,10 +38,8 @@ def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
     ``grace_s``."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         for pid in _session_members(process.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and _session_members(process.pid):
             process.poll()  # reap the leader once it has exited
@@ -160,8 +159,8 @@ class RayNodes:
         import json
 
         script = (
-            "import json, ray; ray.init(address=%r, logging_level='ERROR');"
-            "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))" % self.address
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR');"
+            "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))"
         )
         done = subprocess.run(
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**os.environ, **QUIET}
@@ -187,7 +186,7 @@ def ops_ray_nodes(tmp_path_factory) -> Iterator[RayNodes]:
         "--include-dashboard=false",
     )  # fmt: skip
     try:
-        wait_until(lambda: _port_open(nodes.port), 90, "ray head", head, head.log)
+        wait_until(lambda: _port_open(nodes.port), 90, "ray head", head, head.log)  # type: ignore[attr-defined]  # set by start()
         yield nodes
     finally:
         nodes.stop()

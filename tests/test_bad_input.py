@@ -20,9 +20,10 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ class World:
         }
 
 
-Setup = Callable[[Path, World], None]
+Setup = Callable[[Path, World], object]  # what it returns is ignored
 
 
 class Mistake(NamedTuple):
@@ -537,7 +538,7 @@ def world(tmp_path_factory, pipeline_ray) -> World:
     model = mlflow.pyfunc.load_model(source, dst_path=str(tmp_path_factory.mktemp("model")))
     test_split = DatasetStore.open(root / "dataset").split("test")
     episode = next(iter(fixed_episodes(test_split, EpisodeSpec(4, 1, 1), 1, seed=0)))
-    support = [(f"class-{y}", x.numpy()) for x, y in zip(episode.support_x[0], episode.support_y[0].tolist())]
+    support = [(f"class-{y}", x.numpy()) for x, y in zip(episode.support_x[0], episode.support_y[0].tolist(), strict=True)]
     return World(root, (fingerprint, other), model, support, [x.numpy() for x in episode.query_x[0]])
 
 

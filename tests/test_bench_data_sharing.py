@@ -23,7 +23,9 @@ def test_bench_prints_both_paths_for_1_and_n_trials_and_the_ratio(pipeline_ray, 
         ("object-store (shared)", 1), ("object-store (shared)", 2),
     ], out
     memory = {(path, int(n)): [float(v.replace(",", "")) for v in values] for path, n, *values in rows}
-    data_mb = float(re.search(r"images of 3x84x84, ([\d.]+) MB", out).group(1))
+    data_size = re.search(r"images of 3x84x84, ([\d.]+) MB", out)
+    assert data_size is not None, out
+    data_mb = float(data_size.group(1))
     for (path, n), (private, shared, node) in memory.items():
         assert abs(private + shared - node) < 0.2
         if path.startswith("storage"):  # every trial holds its own copy

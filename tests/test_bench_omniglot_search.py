@@ -94,6 +94,7 @@ def test_every_family_is_one_search_run_with_its_trials_in_mlflow(searched):
     root, _, summary, _ = searched
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(omniglot_search.EXPERIMENT)
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("learn2tune.role") == "search"]
     assert sorted(r.data.tags["learn2tune.families"] for r in parents) == sorted(FAMILIES)

@@ -81,6 +81,7 @@ class Driver:
         self._reader.start()
 
     def _read(self) -> None:
+        assert self.process.stdout is not None  # stdout=PIPE
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
 
@@ -242,7 +243,9 @@ def published_node_groups(pipeline_ray):
     from ray.core.generated import autoscaler_pb2
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
-    key, namespace = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE
+    # Cython constants, not in ray/_raylet.pyi.
+    key = ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY  # type: ignore[attr-defined]
+    namespace = ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE  # type: ignore[attr-defined]
 
     def publish(**groups: tuple[dict[str, float], int]) -> None:
         config = autoscaler_pb2.ClusterConfig(
@@ -297,6 +300,7 @@ def test_trial_device_uses_cuda_only_for_a_gpu_it_holds_and_can_see(monkeypatch)
     assert trial_device("cpu", ["3"]).warning is None
     warned = trial_device("auto", ["3"])
     assert (str(warned.device), warned.name) == ("cpu", "cpu")
+    assert warned.warning is not None
     assert warned.warning.startswith("training on CPU: torch sees no CUDA device (Ray gave this trial GPU(s) 3; "
                                      "CUDA_VISIBLE_DEVICES=3; torch ")  # fmt: skip
     with pytest.raises(PipelineError, match=r"^device is 'cuda' but torch sees no CUDA device \(Ray gave this trial"):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from services import QUIET, S3, RayCluster, free_port, start, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +121,7 @@ def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket
 
     client = MlflowClient(driver.tracking)
     experiment = client.get_experiment_by_name("cluster")
+    assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # the parent and 2 trials
     artifacts = [k for k in keys if k.startswith("mlartifacts/")]
@@ -130,7 +130,7 @@ def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket
         assert any(k.endswith("/trial.json") for k in run_files), trial["run_id"]
         assert any("/artifacts/checkpoint/" in k for k in run_files), trial["run_id"]
     version = client.get_model_version("cluster", "1")
-    assert version.source.startswith("mlflow-artifacts:")
+    assert version.source is not None and version.source.startswith("mlflow-artifacts:")
     assert any(k.endswith(f"/{version.run_id}/artifacts/model/MLmodel") for k in artifacts)
 
 

@@ -438,7 +438,7 @@ def test_dockerfile_installs_torch_before_the_project() -> None:
 
 def test_dockerfile_default_command_serves_on_all_interfaces() -> None:
     instructions = _dockerfile()
-    last = {keyword: arguments for keyword, arguments in instructions}  # the last of each wins
+    last = dict(instructions)  # the last of each wins
     argv = _exec_form("ENTRYPOINT", last["ENTRYPOINT"]) if "ENTRYPOINT" in last else []
     argv += _exec_form("CMD", last["CMD"]) if "CMD" in last else []
     assert argv[:2] == ["learn2tune", "serve"], f"default command {argv} does not run learn2tune serve"

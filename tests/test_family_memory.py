@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -95,7 +96,8 @@ def test_registered_with_paper_and_search_space(family):
     assert learner_cls.family == family and learner_cls.paper
     fields = {f.name: f for f in dataclasses.fields(learner_cls.Hyperparams)}
     assert {"lr", "width", "depth"} <= set(learner_cls.search_space) <= set(fields)
-    assert learner_cls.search_space["lr"].log
+    lr = learner_cls.search_space["lr"]
+    assert isinstance(lr, Float) and lr.log
     defaults = learner_cls.Hyperparams()
     for name, dist in learner_cls.search_space.items():
         kind = type(getattr(defaults, name))
@@ -162,7 +164,7 @@ def test_checkpoint_round_trip_gives_identical_predictions_and_resumes_exactly(t
     # Training goes on identically from the checkpoint.
     step = _episode(seed=9)
     assert loaded.meta_train_step(step) == learner.meta_train_step(step)
-    for (name, a), b in zip(learner.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(learner.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -289,7 +291,7 @@ def test_metanet_fast_weights_come_from_the_support_set_alone():
 # MetaNet: measured on this dataset (width 16, 2 tasks per step, lr 3e-3), test accuracy is
 # ~32% after 50 steps, ~57% after 75, ~65% after 100 and ~71% after 150. The bar, 40% and 15
 # points over the untrained network, holds from ~70 steps on; the test trains 150.
-METANET_HPARAMS = {"width": 16, "representation_dim": 32, "hidden_dim": 32, "lr": 3e-3}
+METANET_HPARAMS: dict[str, Any] = {"width": 16, "representation_dim": 32, "hidden_dim": 32, "lr": 3e-3}
 METANET_STEPS, METANET_TASKS = 150, 2
 METANET_MIN_ACCURACY, METANET_MIN_GAIN = 0.40, 0.15
 # MANN learns slowly (the paper trained on 100,000 episodes): it must discover how to bind an
@@ -300,7 +302,7 @@ METANET_MIN_ACCURACY, METANET_MIN_GAIN = 0.40, 0.15
 # core): ~22% after 250 steps, 33% after 750, 39% after 1,000, 44% after 1,250 and 46% after
 # 1,500 (28 s). The bar, 32% and 10 points over the untrained network (20%), holds from ~750
 # steps on; the test trains 1,500.
-MANN_HPARAMS = {"encoder": "pixels", "controller_size": 128, "memory_slots": 16, "memory_size": 32, "read_heads": 1, "lr": 3e-3}
+MANN_HPARAMS: dict[str, Any] = {"encoder": "pixels", "controller_size": 128, "memory_slots": 16, "memory_size": 32, "read_heads": 1, "lr": 3e-3}
 MANN_IMAGE_SIZE = 14
 MANN_STEPS, MANN_TASKS = 1500, 16
 MANN_MIN_ACCURACY, MANN_MIN_GAIN = 0.32, 0.10

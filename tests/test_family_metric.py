@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ WIDTH = 32
 # these seeds at 25 steps (what a heavily loaded machine may leave of the cap), every family
 # already clears both bars.
 STEPS = {"siamese": 100, "matching": 100, "relation": 75}
-HPARAMS = {"siamese": {"embedding": 64}, "matching": {"fce": True}, "relation": {}}
+HPARAMS: dict[str, dict[str, Any]] = {"siamese": {"embedding": 64}, "matching": {"fce": True}, "relation": {}}
 TEST_EPISODES = 60
 # 5-way episodes: chance is 20%. A family must reach 40% (twice chance) on held-out test
 # classes AND beat the very same network untrained (same seed, same episodes) by 15 points,
@@ -81,11 +82,11 @@ def trained(glyphs, test_episodes):
             untrained = _accuracy(learner, test_episodes)
             sampler = EpisodeSampler(glyphs.split("train"), learner.training_spec(SPEC), tasks=META_BATCH, seed=1)
             start = time.monotonic()
-            for step in range(1, STEPS[family] + 1):
+            for _ in range(STEPS[family]):
                 metrics = learner.meta_train_step(sampler.sample().to("cpu"))
                 assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
             seconds = time.monotonic() - start
-            cache[family] = (learner, untrained, _accuracy(learner, test_episodes), step, seconds)
+            cache[family] = (learner, untrained, _accuracy(learner, test_episodes), STEPS[family], seconds)
         return cache[family]
 
     return get
@@ -116,7 +117,8 @@ def test_registered_with_paper_and_search_space(family):
     fields = {f.name for f in dataclasses.fields(learner_cls.Hyperparams)}
     assert {"lr", "width", "depth"} <= set(learner_cls.search_space) <= fields
     assert all(isinstance(d, (Float, Int, Choice)) for d in learner_cls.search_space.values())
-    assert learner_cls.search_space["lr"].log
+    lr = learner_cls.search_space["lr"]
+    assert isinstance(lr, Float) and lr.log
     assert make_hparams(family, {"width": 16.0}).width == 16
 
 
@@ -178,13 +180,13 @@ def test_checkpoint_round_trip_predicts_identically_and_resumes(family, trained,
 def test_evaluation_embeds_in_chunks_with_the_same_result():
     net = Conv4((1, 28, 28), width=4, depth=4).eval()
     support, query = torch.rand(3, 300, 1, 28, 28), torch.rand(3, 400, 1, 28, 28)  # 2100 images > one chunk
-    assert 3 * 700 > EVAL_EMBED_CHUNK
+    assert EVAL_EMBED_CHUNK < 3 * 700
     with torch.no_grad():
         chunked = embed_tasks(net, support, query)
     with torch.enable_grad():
         whole = embed_tasks(net, support, query)
     assert [c.shape for c in chunked] == [(3, 300, 4), (3, 400, 4)]
-    assert all(torch.allclose(c, w, atol=1e-6) for c, w in zip(chunked, whole))
+    assert all(torch.allclose(c, w, atol=1e-6) for c, w in zip(chunked, whole, strict=True))
 
 
 # --- siamese (Koch et al. 2015) --------------------------------------------------------------
@@ -228,7 +230,8 @@ def test_siamese_loss_is_balanced_bce_over_the_episode_pairs():
     loss, _ = learner.episode_loss(batch)  # training-mode batch-norm, as in meta_train_step
     embeddings = torch.cat(embed_tasks(learner.twin, batch.support_x, batch.query_x), dim=1)
     labels = torch.cat([batch.support_y, batch.query_y], dim=1)
-    same, different = [], []
+    same: list[tuple[torch.Tensor, torch.Tensor]] = []  # (probability, whether the labels match)
+    different: list[tuple[torch.Tensor, torch.Tensor]] = []
     for t in range(2):  # pairs never cross tasks
         for i in range(9):
             for j in range(9):

@@ -89,11 +89,11 @@ def trained(glyphs, test_episodes):
                 untrained = _accuracy(learner, test_episodes)
                 sampler = EpisodeSampler(glyphs.split("train"), SPEC, tasks=META_BATCH[family], seed=1)
                 start = time.monotonic()
-                for step in range(1, STEPS[family] + 1):
+                for _ in range(STEPS[family]):
                     metrics = learner.meta_train_step(sampler.sample().to("cpu"))
                     assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
                 seconds = time.monotonic() - start
-                cache[family] = (learner, untrained, _accuracy(learner, test_episodes), step, seconds)
+                cache[family] = (learner, untrained, _accuracy(learner, test_episodes), STEPS[family], seconds)
         return cache[family]
 
     return get
@@ -183,7 +183,7 @@ def test_metasgd_with_constant_alpha_has_mamls_meta_gradient(path, inner_steps):
     lr = 0.3
     maml = _small(MAML, "maml", inner_lr=lr, inner_steps=inner_steps, path="loop")
     metasgd = _small(MetaSGD, "metasgd", alpha_low=lr, alpha_high=lr, inner_steps=inner_steps, path="loop")
-    assert all(torch.equal(p, q) for p, q in zip(maml.net.parameters(), metasgd.net.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(maml.net.parameters(), metasgd.net.parameters(), strict=True))
     assert all(torch.allclose(a, torch.full_like(a, lr)) for a in metasgd.alpha)  # a constant start
     with torch.no_grad():  # exactly MAML's rate in float64 (the start was drawn in float32)
         for a in metasgd.alpha:
@@ -199,14 +199,14 @@ def test_metasgd_alpha_gradient_matches_explicit_autograd(path, first_order):
     b = _episode()
     params, alpha = dict(learner.net.named_parameters()), learner.alpha_by_name
     total = {k: torch.zeros_like(a) for k, a in alpha.items()}
-    for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y):
+    for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y, strict=True):
         fast = params
         for _ in range(2):
             loss = F.cross_entropy(functional_call(learner.net, fast, (sx,)), sy)
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {k: p - alpha[k] * (g if not first_order else g.detach()) for (k, p), g in zip(fast.items(), grads)}
+            fast = {k: p - alpha[k] * (g if not first_order else g.detach()) for (k, p), g in zip(fast.items(), grads, strict=True)}
         query_loss = F.cross_entropy(functional_call(learner.net, fast, (qx,)), qy)
-        for k, g in zip(alpha, torch.autograd.grad(query_loss, list(alpha.values()))):
+        for k, g in zip(alpha, torch.autograd.grad(query_loss, list(alpha.values())), strict=True):
             total[k] += g / b.tasks
     _close(learner.compute(path, b).lr_grads, total)
 
@@ -216,7 +216,7 @@ def test_metasgd_learns_alpha_with_theta():
     alpha = [a.detach().clone() for a in learner.alpha]
     assert all(((a >= 0.005) & (a <= 0.1)).all() and a.std() > 0 for a in alpha)  # random in the paper's range
     learner.meta_train_step(_episode(dtype=torch.float32))
-    assert all(not torch.equal(a, b) for a, b in zip(alpha, learner.alpha))
+    assert all(not torch.equal(a, b) for a, b in zip(alpha, learner.alpha, strict=True))
     assert {id(p) for p in learner.alpha} <= {id(p) for g in learner.optimizer.param_groups for p in g["params"]}
 
 
@@ -239,6 +239,7 @@ def test_reptile_outer_step_interpolates_toward_the_explicitly_adapted_weights(p
     phis = []
     for t in range(b.tasks):  # φ_t: a plain copy of the network trained by a torch.optim optimizer
         net = copy.deepcopy(learner.net)
+        opt: torch.optim.Optimizer
         if inner_optimizer == "sgd":
             opt = torch.optim.SGD(net.parameters(), lr=inner_lr)
         else:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from fomaml_reference import ReferenceFOMAML, copy_weights, reference_network
+
 from learners.backbone import adaptable_classifier
 from learners.maml import FOMAML, MAML
 from learners.meta_gradient import MetaGradient
@@ -62,12 +62,12 @@ def test_training_curves_match_the_reference(glyph_store):
     shape = store.image_shape
     learner, reference = pair("fomaml", shape, 5, meta_lr=1e-2, width=8, depth=3, path="split")
     sampler = EpisodeSampler(store.split("train"), EpisodeSpec(5, 1, 3), tasks=4, seed=0)
-    ours, theirs = [], []
+    accuracies: list[tuple[float, float]] = []  # (ours, theirs) per step
     for _ in range(160):
         b = sampler.sample().to("cpu")
-        ours.append(learner.meta_train_step(b)["accuracy"])
-        theirs.append(reference.meta_train_step(b.support_x, b.support_y, b.query_x, b.query_y))
-    ours, theirs = np.array(ours), np.array(theirs)
+        ours_step = learner.meta_train_step(b)["accuracy"]
+        accuracies.append((ours_step, reference.meta_train_step(b.support_x, b.support_y, b.query_x, b.query_y)))
+    ours, theirs = np.array(accuracies).T
     np.testing.assert_allclose(ours[:5], theirs[:5], atol=1e-6)  # the same weights step for step, until rounding drifts
     window = 40  # 160 episodes x 15 queries: a window's mean accuracy has a standard error of ~0.01
     first, last = ours[:window].mean(), ours[-window:].mean()

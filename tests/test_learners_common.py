@@ -9,6 +9,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from learners.backbone import Conv4
+from learners.base import Learner
 from learners.checkpoint import load_learner, save_learner
 from learners.registry import HyperparamError, family_names, get_family, make_hparams
 from learners.space import Choice, Float, Int
@@ -33,7 +34,7 @@ def test_conv4_mean_features_average_the_last_map_over_its_positions():
     assert net.embedding_dim == 8
     torch.testing.assert_close(net(x), net.blocks(x).mean((2, 3)))
     with pytest.raises(ValueError, match="features must be one of flatten, mean"):
-        Conv4((1, 28, 28), features="max")
+        Conv4((1, 28, 28), features="max")  # type: ignore[arg-type]  # the refused value under test
 
 
 def test_conv4_refuses_a_depth_the_image_cannot_take():
@@ -44,7 +45,7 @@ def test_conv4_refuses_a_depth_the_image_cannot_take():
 def test_conv4_without_running_stats_is_a_pure_function_under_vmap():
     net = Conv4((1, 12, 12), width=4, depth=2, downsample="stride", running_stats=False)
     assert not list(net.buffers())
-    params = dict(net.named_parameters())
+    params: dict[str, torch.Tensor] = dict(net.named_parameters())
     x = torch.rand(3, 5, 1, 12, 12)
     batched = vmap(lambda xt: functional_call(net, params, (xt,)))(x)
     torch.testing.assert_close(batched, torch.stack([net(xt) for xt in x]))  # per-task batch statistics
@@ -83,19 +84,27 @@ def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path, family, hpar
     cls = get_family(family)
     learner = cls(make_hparams(family, {"width": 6, "depth": 2, **hparams}), (1, 12, 12), 3)
     gen = torch.Generator().manual_seed(1)
-    labels = lambda n: torch.arange(3).repeat_interleave(n).expand(2, -1).contiguous()
-    images = lambda n: torch.rand(2, 3 * n, 1, 12, 12, generator=gen)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.arange(3).repeat_interleave(n).expand(2, -1).contiguous()
+
+    def images(n: int) -> torch.Tensor:
+        return torch.rand(2, 3 * n, 1, 12, 12, generator=gen)
+
     b = EpisodeBatch(images(1), labels(1), images(2), labels(2), 3)
     learner.meta_train_step(b)
     save_learner(learner, tmp_path, {"iteration": 1})
     loaded, extra = load_learner(tmp_path)
     assert extra == {"iteration": 1} and type(loaded) is cls and loaded.hparams == learner.hparams
-    predict = lambda model: model.predict(b.support_x, b.support_y, b.query_x)
+
+    def predict(model: Learner) -> torch.Tensor:
+        return model.predict(b.support_x, b.support_y, b.query_x)
+
     torch.testing.assert_close(predict(loaded), predict(learner))
     # the optimizer state came back too: one more identical step gives identical weights
     learner.meta_train_step(b)
     loaded.meta_train_step(b)
-    for p, q in zip(learner.parameters(), loaded.parameters()):
+    for p, q in zip(learner.parameters(), loaded.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 
 

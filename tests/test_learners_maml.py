@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,13 @@ SHAPE = (1, 12, 12)
 
 def batch(tasks=2, ways=3, shots=2, query=3, seed=0, dtype=torch.float64) -> EpisodeBatch:
     gen = torch.Generator().manual_seed(seed)
-    labels = lambda n: torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
-    images = lambda n: torch.rand(tasks, ways * n, *SHAPE, generator=gen, dtype=dtype)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
+
+    def images(n: int) -> torch.Tensor:
+        return torch.rand(tasks, ways * n, *SHAPE, generator=gen, dtype=dtype)
+
     return EpisodeBatch(images(shots), labels(shots), images(query), labels(query), ways)
 
 
@@ -33,20 +40,20 @@ def make(family="maml", ways=3, **hparams) -> MAML:
 
 def explicit_meta_gradient(learner: MAML, b: EpisodeBatch, second_order: bool) -> dict[str, torch.Tensor]:
     """Task by task with plain autograd: the definition of the (second- or first-order) meta-gradient."""
-    params = dict(learner.net.named_parameters())
+    params: dict[str, torch.Tensor] = dict(learner.net.named_parameters())
     lr, steps = learner.hparams.inner_lr, learner.hparams.inner_steps
     total = {k: torch.zeros_like(p) for k, p in params.items()}
-    for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y):
+    for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y, strict=True):
         fast = params
         for _ in range(steps):
             loss = F.cross_entropy(functional_call(learner.net, fast, (sx,)), sy)
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=second_order)
-            fast = {k: p - lr * g for (k, p), g in zip(fast.items(), grads)}
+            fast = {k: p - lr * g for (k, p), g in zip(fast.items(), grads, strict=True)}
         if not second_order:  # first order: the query-loss gradient at the adapted weights
             fast = {k: p.detach().requires_grad_() for k, p in fast.items()}
         query_loss = F.cross_entropy(functional_call(learner.net, fast, (qx,)), qy)
         grads = torch.autograd.grad(query_loss, list((params if second_order else fast).values()))
-        total = {k: total[k] + g / b.tasks for k, g in zip(total, grads)}
+        total = {k: total[k] + g / b.tasks for k, g in zip(total, grads, strict=True)}
     return total
 
 
@@ -55,7 +62,7 @@ def assert_same(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tenso
         torch.testing.assert_close(grads[name], ref, rtol=rtol, atol=rtol * ref.abs().max().item(), msg=name)
 
 
-CASES = [(path, steps) for path in PATHS if path != "split-compiled" for steps in (1, 2)]
+CASES: list[Any] = [(path, steps) for path in PATHS if path != "split-compiled" for steps in (1, 2)]
 # torch.compile takes a minute on a 2-core CPU: one compiled case (2 steps covers every stage), marked slow.
 CASES.append(pytest.param("split-compiled", 2, marks=pytest.mark.slow))
 
@@ -106,9 +113,9 @@ def test_auto_on_a_gpu_times_the_candidates_and_keeps_the_fastest():
     before = [p.detach().clone() for p in learner.parameters()]
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
         fastest = learner.fastest_path(batch(dtype=torch.float32))  # what choose_path runs on a GPU
-    assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters()))  # timing applies no update
+    assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters(), strict=True))  # timing applies no update
     assert set(learner.path_timings_ms) == {"split", "loop"}
-    assert fastest == min(learner.path_timings_ms, key=learner.path_timings_ms.get)
+    assert fastest == min(learner.path_timings_ms, key=lambda path: learner.path_timings_ms[path])
 
 
 def test_auto_on_a_cpu_takes_the_first_candidate_that_runs_untimed():
@@ -118,7 +125,7 @@ def test_auto_on_a_cpu_takes_the_first_candidate_that_runs_untimed():
     b = batch(dtype=torch.float32)
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
         assert learner.choose_path(b) == "split"
-    assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters(), strict=True))
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
         learner.meta_train_step(b)
     assert learner.chosen_path == "split" and learner.path_timings_ms == {}
@@ -162,4 +169,5 @@ def test_the_head_reads_what_finns_code_feeds_it(family):
     cls = get_family(family)
     stride = cls(make_hparams(family, {"width": 6, "depth": 2}), (1, 12, 12), 3)
     pool = cls(make_hparams(family, {"width": 6, "depth": 2, "downsample": "pool"}), (1, 12, 12), 3)
-    assert stride.net[1].in_features == 6 and pool.net[1].in_features == 6 * 3 * 3
+    heads = [next(m for m in learner.modules() if isinstance(m, torch.nn.Linear)) for learner in (stride, pool)]
+    assert heads[0].in_features == 6 and heads[1].in_features == 6 * 3 * 3

@@ -16,8 +16,13 @@ SHAPE = (1, 12, 12)
 
 def batch(tasks=2, ways=3, shots=2, query=3, seed=0) -> EpisodeBatch:
     gen = torch.Generator().manual_seed(seed)
-    labels = lambda n: torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
-    images = lambda n: torch.rand(tasks, ways * n, *SHAPE, generator=gen)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.arange(ways).repeat_interleave(n).expand(tasks, -1).contiguous()
+
+    def images(n: int) -> torch.Tensor:
+        return torch.rand(tasks, ways * n, *SHAPE, generator=gen)
+
     return EpisodeBatch(images(shots), labels(shots), images(query), labels(query), ways)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -80,7 +81,7 @@ def test_parent_run_has_one_nested_child_run_per_trial_with_curves_and_artifacts
 def test_parent_run_holds_the_dataset_build_report(pipeline_run, tmp_path):
     root, client, evaluation = pipeline_run
     path = client.download_artifacts(evaluation["mlflow"]["parent_run_id"], "dataset_report.json", str(tmp_path))
-    report = json.loads(open(path).read())
+    report = json.loads(Path(path).read_text())
     manifest = json.loads((root / "runs/datasets/e2e/manifest.json").read_text())
     assert report == {"fingerprint": manifest["fingerprint"], **manifest["report"]}
     assert report["channels"] == 1 and report["images_stored"] == 40 * 12 and evaluation["complete"] is True
@@ -125,7 +126,7 @@ def test_served_model_predicts_a_real_test_episode_well_above_chance(pipeline_ru
         frame, truth = _request(split, rng, ways=5, shots=1, query=5)
         predictions = model.predict(frame)
         assert len(predictions) == len(truth)
-        for label, probabilities in zip(predictions["label"], predictions["probabilities"]):
+        for label, probabilities in zip(predictions["label"], predictions["probabilities"], strict=True):
             assert set(probabilities) == set(truth) and sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
             assert label == max(probabilities, key=probabilities.get)
         correct += int((predictions["label"].to_numpy() == np.array(truth)).sum())

@@ -176,7 +176,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, 
 def test_raising_and_diverging_trials_fail_alone_with_their_reasons(tmp_path, pipeline_ray, capsys):
     # MAML with an inner learning rate of 1e30 diverges to NaN on its first step; first-order
     # MAML 10^6 channels wide cannot allocate its first convolution (36 TB) and raises.
-    fixed = "{protonet: {width: 8, train_ways: 0}, maml: {width: 8, inner_lr: 1.0e30, path: split}, fomaml: {width: 1000000}}"
+    fixed = (
+        "{protonet: {width: 8, train_ways: 0}, maml: {width: 8, inner_lr: 1.0e30, path: split}, "
+        "fomaml: {width: 1000000}}"
+    )
     config = write_config(tmp_path, families="[protonet, maml, fomaml]", trials=3, max_iterations=10, fixed=fixed)
     capsys.readouterr()
 

@@ -182,7 +182,7 @@ def test_served_champion_scores_the_evaluate_stages_episodes_exactly_as_evaluate
             support, query = _task_images(batch, task)
             predictions = champion_server.predict(support, query)
             truth = [f"class-{y}" for y in batch.query_y[task].tolist()]
-            correct.append(np.mean([p.label == t for p, t in zip(predictions, truth)]))
+            correct.append(np.mean([p.label == t for p, t in zip(predictions, truth, strict=True)]))
     served = float(np.mean(correct))
     print(f"served {served:.4f} vs evaluate stage {evaluated:.4f} on the same 60 episodes")
     assert served == pytest.approx(evaluated, abs=1e-9)
@@ -199,7 +199,7 @@ def test_served_predictions_equal_the_loaded_pyfunc(registry, champion_server, t
     mlflow.set_tracking_uri(registry["uri"])
     local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(pd.DataFrame(body["data"], columns=body["columns"]))
     assert [p.label for p in served] == local["label"].tolist()
-    for remote, probabilities in zip(served, local["probabilities"]):
+    for remote, probabilities in zip(served, local["probabilities"], strict=True):
         assert remote.probabilities == pytest.approx(probabilities, abs=1e-6)
         assert remote.notes == ""
 
@@ -263,7 +263,7 @@ def test_more_ways_than_a_fixed_head_model_supports_gets_400(registry, test_spli
 
 def _task_images(batch, task: int) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray]]:
     """Support (label, uint8 C×H×W) pairs and query images of one task of an episode batch."""
-    support = [(f"class-{y}", x.numpy()) for x, y in zip(batch.support_x[task], batch.support_y[task].tolist())]
+    support = [(f"class-{y}", x.numpy()) for x, y in zip(batch.support_x[task], batch.support_y[task].tolist(), strict=True)]
     return support, [x.numpy() for x in batch.query_x[task]]
 
 

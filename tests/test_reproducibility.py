@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from learners.base import Learner
 from learners.checkpoint import build_learner
 from learners.registry import family_names, get_family
 from pipeline.cli import main
@@ -40,7 +41,7 @@ def _batches(store: DatasetStore, seed: int) -> list[EpisodeBatch]:
 
 def _same_batches(a: list[EpisodeBatch], b: list[EpisodeBatch]) -> bool:
     fields = ("support_x", "support_y", "query_x", "query_y")
-    return len(a) == len(b) and all(torch.equal(getattr(x, f), getattr(y, f)) for x, y in zip(a, b) for f in fields)
+    return len(a) == len(b) and all(torch.equal(getattr(x, f), getattr(y, f)) for x, y in zip(a, b, strict=True) for f in fields)
 
 
 def test_same_seed_rebuilds_the_same_bytes_and_episodes(tmp_path, tasks_small_dataset, tasks_small_spec, tasks_snapshot):
@@ -50,7 +51,7 @@ def test_same_seed_rebuilds_the_same_bytes_and_episodes(tmp_path, tasks_small_da
     assert again["fingerprint"] == original.fingerprint
     rebuilt = DatasetStore.open(tmp_path / "again")
     assert _same_batches(_batches(rebuilt, seed=7), _batches(original, seed=7))
-    other_seed = zip(_batches(rebuilt, seed=8), _batches(original, seed=7))
+    other_seed = zip(_batches(rebuilt, seed=8), _batches(original, seed=7), strict=False)
     assert all(not torch.equal(x.query_x, y.query_x) for x, y in other_seed)  # fixed and sampled episodes alike
 
     other = build_dataset(dataclasses.replace(tasks_small_spec, seed=tasks_small_spec.seed + 1), tmp_path / "other")
@@ -59,7 +60,7 @@ def test_same_seed_rebuilds_the_same_bytes_and_episodes(tmp_path, tasks_small_da
     assert all(lists[name] != original_lists[name] for name in lists)  # another split of the classes
 
 
-def _state(learner: torch.nn.Module) -> dict[str, Any]:
+def _state(learner: Learner) -> dict[str, Any]:
     return {"model": learner.state_dict(), "extra": learner.extra_state()}
 
 
@@ -70,7 +71,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -143,6 +144,6 @@ def test_search_repeats_to_the_last_digit_on_cpu(tmp_path, pipeline_ray):
     assert _search(tmp_path / "again", seed=11) == first  # exact floats: params, val accuracy, every curve point
 
     other = _search(tmp_path / "other", seed=12)
-    for a, b in zip(other, first):
+    for a, b in zip(other, first, strict=True):
         assert a["params"] != b["params"] and a["run_params"]["seed"] != b["run_params"]["seed"]
         assert a["histories"]["loss"] != b["histories"]["loss"]

@@ -186,7 +186,7 @@ def test_mixed_folder_is_stored_faithfully_in_rgb_with_a_report(tmp_path):
     assert report["channels"] == 3 and "images are colour" in report["channels_reason"]
     assert report["conversions"]["16-bit I;16 scaled to 0-255"] == 3
     assert report["conversions"]["grey to RGB (channel repeated)"] == 13
-    per_class = [c for c in report["classes"].values()]
+    per_class = list(report["classes"].values())
     assert sum(c["classes"] for c in per_class) == 9
     assert min(c["min"] for c in per_class) == 2 and max(c["max"] for c in per_class) == 3
     assert any(line.startswith(f"stored 23 images as 3x{SIZE}x{SIZE}") for line in lines), lines

@@ -101,4 +101,4 @@ def test_impossible_episodes_raise_clear_errors(train, tasks_small_dataset, task
 def test_batch_moves_to_float_on_device(train):
     batch = EpisodeSampler(train, EpisodeSpec(ways=2, shots=1, query=1), tasks=2).sample().to("cpu")
     assert isinstance(batch, EpisodeBatch) and batch.support_x.dtype == torch.float32
-    assert 0.0 <= batch.support_x.min() and batch.support_x.max() <= 1.0
+    assert batch.support_x.min() >= 0.0 and batch.support_x.max() <= 1.0

@@ -133,7 +133,7 @@ def test_omniglot_from_zips_and_folders_agree(tmp_path):
         assert len(images) == 3 and images[0].shape == (105, 105) and images[0].dtype == np.uint8
         original = np.asarray(Image.open(tree / key / "0001_01.png"))  # bool, True = background
         assert np.array_equal(images[0] == 255, ~original)  # strokes become 255, background 0
-        assert all(np.array_equal(a, b) for a, b in zip(images, from_dir.images(key)))
+        assert all(np.array_equal(a, b) for a, b in zip(images, from_dir.images(key), strict=True))
         assert from_zip.digest() == from_dir.digest()
 
 

@@ -26,7 +26,7 @@ def _needs(ways: int, test_ways: int) -> list[EpisodeNeed]:
 
 
 def _refusal(split: ClassSplit, needs: list[EpisodeNeed], rotations: bool = False, method: str = "random") -> str:
-    counts = {"val_classes": 0.15, "test_classes": 0.2}
+    counts: dict[str, int | float | None] = {"val_classes": 0.15, "test_classes": 0.2}
     with pytest.raises(DatasetError) as refused:
         check_classes(needs, split, rotations=rotations, method=method, counts=counts, where="folder source /x")
     return str(refused.value)
