@@ -37,6 +37,7 @@ from pipeline.trial_data import SharedDataset, share_dataset, trial_dataset
 from tasks.build import BuildSpec, build_dataset, write_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler
+from tasks.say import Say
 from tasks.source import ClassInfo, Source
 from tasks.store import DatasetStore
 
@@ -57,6 +58,10 @@ class NoiseSource(Source):
 
     def __init__(self, classes: int, per_class: int, seed: int = 0) -> None:
         self.count, self.per_class, self.seed = classes, per_class, seed
+
+    @classmethod
+    def open(cls, spec: BuildSpec, progress: Say | None = None) -> NoiseSource:
+        return cls(spec.synthetic_classes, spec.synthetic_images_per_class, spec.seed)
 
     @property
     def location(self) -> str | None:
