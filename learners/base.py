@@ -26,16 +26,30 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from learners.hparam_checks import at_least
 from learners.space import SearchSpace
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 
 
 @dataclass(frozen=True)
 class BackboneHyperparams:
-    """Architecture knobs shared by every family built on the Conv-4 backbone."""
+    """Architecture knobs shared by every family built on the Conv-4 backbone.
+
+    Every family's hyperparameter dataclass derives from this one and checks its own values in
+    :meth:`validate`, which runs on construction: no instance holds a value its learner cannot use.
+    """
 
     width: int = 64
     depth: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value the family cannot use (ranges,
+        choices). A subclass extends it, calling ``super().validate()`` first."""
+        at_least("width", self.width, 1)
+        at_least("depth", self.depth, 1)
 
 
 class Learner(nn.Module, abc.ABC):
