@@ -52,8 +52,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
-from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.gradient_encoding import preprocess_gradients
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 

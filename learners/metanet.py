@@ -73,8 +73,8 @@ from torch.func import grad, vmap
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams, Learner, episode_ways
-from learners.hparam_checks import at_least, positive
 from learners.gradient_encoding import preprocess_gradients
+from learners.hparam_checks import at_least, positive
 from learners.metric import accuracy, embed_tasks, evaluating
 from learners.space import Choice, Float, Int, SearchSpace
 from tasks.episodes import EpisodeBatch

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
@@ -80,9 +80,10 @@ def _one_line(model: type[BaseModel], data: Any, error: ErrorDetails, where: str
         field = section.model_fields[name]
         path.append(name)
         value = value.get(name) if isinstance(value, Mapping) else None
-        if not _is_section(field.annotation):
+        annotation = field.annotation
+        if not _is_section(annotation):
             return f"{'.'.join(path)} must be {describe(field)}, got {value!r}"
-        section = field.annotation
+        section = annotation
     if error["type"] == "value_error":  # a section's own check; its message names the field
         return str(error.get("ctx", {}).get("error", error["msg"]))
     return f"{'.'.join(path) or 'the config'} must be a mapping, got {value!r}"
@@ -127,7 +128,7 @@ def _bounds(constraints: tuple[Any, ...]) -> list[str]:
     return bounds
 
 
-def _is_section(annotation: Any) -> bool:
+def _is_section(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
