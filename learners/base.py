@@ -3,7 +3,8 @@
 A family is a :class:`Learner` subclass with
 
 - ``family``: its registry name, ``paper``: the paper it implements;
-- ``Hyperparams``: a frozen dataclass of its hyperparameters, every field with a default;
+- ``Hyperparams``: a frozen dataclass of its hyperparameters, every field with a default, that
+  checks its own values (ranges, choices) in ``validate`` (see :class:`BackboneHyperparams`);
 - ``search_space``: ranges for the fields the search may tune (keys are ``Hyperparams`` fields);
 - ``meta_train_step(batch)``: one meta-update on a batch of training episodes;
 - ``predict(support_x, support_y, query_x)``: logits for the query of each task, adapting

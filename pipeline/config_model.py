@@ -97,10 +97,7 @@ class SearchConfig(Section):
     trials: Count = 8
     max_iterations: Count = 400
     # ASHA's grace period: meta-iterations, or a fraction of max_iterations; null: a quarter of them
-    grace_iterations: Annotated[
-        Annotated[Integer, Field(gt=0)] | Annotated[Number, Field(gt=0)] | None,
-        Field(description="null or a number > 0"),
-    ] = None
+    grace_iterations: Annotated[Number, Field(gt=0)] | None = None
     eval_every: Count = 50
     checkpoint_every: Count = 50
     max_concurrent: Count | None = None

@@ -45,7 +45,7 @@ def _null_is_empty(value: Any) -> Any:
 
 
 Integer = Annotated[int, Strict()]  # not a bool, not 2.0
-Number = Annotated[float, Strict()]  # an int or a float, not a bool
+Number = Annotated[int, Strict()] | Annotated[float, Strict()]  # kept as given (1 stays an int), not a bool
 Boolean = Annotated[bool, Strict()]
 Text = Annotated[str, Strict(), Field(min_length=1)]
 Table = Annotated[dict[Any, Any], BeforeValidator(_null_is_empty)]  # free keys, checked by whoever knows them
@@ -97,15 +97,17 @@ def describe(field: FieldInfo) -> str:
 def _describe(annotation: Any, constraints: tuple[Any, ...]) -> str:
     origin = get_origin(annotation)
     if origin is Annotated:
-        base, *extra = get_args(annotation)
-        for item in extra:
+        for item in get_args(annotation)[1:]:
             if isinstance(item, FieldInfo) and item.description:
                 return item.description
-        found = [m for item in extra for m in (item.metadata if isinstance(item, FieldInfo) else [item])]
+        base, found = _unwrapped(annotation)
         return _describe(base, (*constraints, *found))
     if origin in (Union, types.UnionType):
         options = [arg for arg in get_args(annotation) if arg is not type(None)]
-        text = " or ".join(_describe(arg, ()) for arg in options)
+        if {_unwrapped(arg)[0] for arg in options} == {int, float}:  # a Number
+            text = "a number" + "".join(_bounds((*constraints, *_unwrapped(options[0])[1])))
+        else:
+            text = " or ".join(_describe(arg, ()) for arg in options)
         return f"null or {text}" if len(options) < len(get_args(annotation)) else text
     if origin is tuple:
         empty = not any(isinstance(c, annotated_types.MinLen) and c.min_length > 0 for c in constraints)
@@ -116,6 +118,15 @@ def _describe(annotation: Any, constraints: tuple[Any, ...]) -> str:
         return "a mapping"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     return words.get(annotation, str(annotation)) + "".join(_bounds(constraints))
+
+
+def _unwrapped(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The type inside ``Annotated`` layers, and their constraints."""
+    found: tuple[Any, ...] = ()
+    while get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        found += tuple(m for item in extra for m in (item.metadata if isinstance(item, FieldInfo) else [item]))
+    return annotation, found
 
 
 def _bounds(constraints: tuple[Any, ...]) -> list[str]:
