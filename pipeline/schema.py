@@ -14,10 +14,8 @@ import types
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
 
-import annotated_types
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
 
 from pipeline.errors import ConfigError
 
@@ -67,7 +65,7 @@ def parse(model: type[S], data: Any, where: str = "") -> S:
         raise ConfigError(_one_line(model, data, first, where)) from None
 
 
-def _one_line(model: type[BaseModel], data: Any, error: ErrorDetails, where: str) -> str:
+def _one_line(model: type[BaseModel], data: Any, error: Mapping[str, Any], where: str) -> str:
     """``<dotted field> must be <what it allows>, got <value>`` for pydantic's ``error``."""
     section: type[BaseModel] = model
     path = [where] if where else []
@@ -110,7 +108,7 @@ def _describe(annotation: Any, constraints: tuple[Any, ...]) -> str:
             text = " or ".join(_describe(arg, ()) for arg in options)
         return f"null or {text}" if len(options) < len(get_args(annotation)) else text
     if origin is tuple:
-        empty = not any(isinstance(c, annotated_types.MinLen) and c.min_length > 0 for c in constraints)
+        empty = not any(getattr(c, "min_length", 0) for c in constraints)
         return f"a {'' if empty else 'non-empty '}list, each {_describe(get_args(annotation)[0], ())}"
     if origin is Literal:
         return "one of " + ", ".join(repr(option) for option in get_args(annotation))
@@ -130,12 +128,12 @@ def _unwrapped(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
 
 
 def _bounds(constraints: tuple[Any, ...]) -> list[str]:
+    """`` >= 2``, `` > 0``: pydantic's ``Field(ge=..., gt=...)`` constraints (annotated_types' Ge, Gt)."""
     bounds = []
     for c in constraints:
-        if isinstance(c, annotated_types.Ge):
-            bounds.append(f" >= {c.ge:g}")
-        elif isinstance(c, annotated_types.Gt):
-            bounds.append(f" > {c.gt:g}")
+        for name, sign in (("ge", ">="), ("gt", ">")):
+            if getattr(c, name, None) is not None:
+                bounds.append(f" {sign} {getattr(c, name):g}")
     return bounds
 
 
