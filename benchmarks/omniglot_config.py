@@ -39,7 +39,7 @@ from pydantic import Field
 from learners.registry import HyperparamError, UnknownFamilyError, family_names, make_hparams
 from pipeline.config import read_yaml
 from pipeline.errors import ConfigError
-from pipeline.schema import Integer, Number, Section, Table, Text, parse
+from pipeline.schema import Count, Integer, Number, Section, Table, Text, parse
 from tasks.episodes import EpisodeSpec
 
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
@@ -47,8 +47,8 @@ BUDGETS = ("full", "cpu")
 
 
 class BudgetPlan(Section):
-    iterations: Annotated[Integer, Field(ge=1)] = 1
-    meta_batch: Annotated[Integer, Field(ge=1)] | None = None  # null: the setting's
+    iterations: Count = 1
+    meta_batch: Count | None = None  # null: the setting's
     hparams: Table = {}
 
 
@@ -58,14 +58,14 @@ class SettingBudgets(Section):
 
 
 class TrainEpisodes(Section):
-    shots: Annotated[Integer, Field(ge=1)] | None = None  # null: the setting's shots
-    query: Annotated[Integer, Field(ge=1)] = 15
+    shots: Count | None = None  # null: the setting's shots
+    query: Count = 15
 
 
 class SettingPlan(Section):
     paper: Annotated[Number, Field(ge=0)] | None = None
     train: TrainEpisodes = TrainEpisodes()
-    meta_batch: Annotated[Integer, Field(ge=1)] = 1
+    meta_batch: Count = 1
     hparams: Table = {}
     budget: SettingBudgets = SettingBudgets()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config_checks
-from pipeline.config_model import Config, DataConfig, Resources, SearchConfig, grace_iterations
+from pipeline.config_model import Config, DataConfig, Resources, grace_iterations
 from pipeline.config_text import assign, parse_assignment, parse_list, parse_scalar, read_yaml
 from pipeline.schema import parse
 from tasks import storage
@@ -23,7 +23,6 @@ __all__ = [
     "Config",
     "DataConfig",
     "Resources",
-    "SearchConfig",
     "load_config",
     "parse_assignment",
     "parse_list",

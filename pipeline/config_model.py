@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SkipValidation
 
-from pipeline.schema import Boolean, Integer, ListOf, ListOrEmpty, Number, Section, Table, Text
+from pipeline.schema import Boolean, Count, Integer, ListOf, ListOrEmpty, Number, Section, Table, Text
 from tasks import storage
 from tasks.build import BuildSpec
 from tasks.storage import Location
@@ -27,7 +27,6 @@ EnvName = Annotated[
     str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="an environment variable name (letters, digits, '_')")
 ]
 Ways = Annotated[Integer, Field(ge=2)]
-Count = Annotated[Integer, Field(ge=1)]
 
 
 class DataConfig(Section):

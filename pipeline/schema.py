@@ -44,6 +44,7 @@ def _null_is_empty(value: Any) -> Any:
 
 Integer = Annotated[int, Strict()]  # not a bool, not 2.0
 Number = Annotated[int, Strict()] | Annotated[float, Strict()]  # kept as given (1 stays an int), not a bool
+Count = Annotated[Integer, Field(ge=1)]
 Boolean = Annotated[bool, Strict()]
 Text = Annotated[str, Strict(), Field(min_length=1)]
 Table = Annotated[dict[Any, Any], BeforeValidator(_null_is_empty)]  # free keys, checked by whoever knows them
