@@ -21,8 +21,9 @@ budgets. Its shape::
 
 A cell's hyperparameters are ``hparams``, then the setting's, then ``budget_hparams`` of the
 budget, then the setting's budget ``hparams`` (later ones win). Every value is checked when the
-file is loaded, and every cell's learner is built once on the CPU, so a bad value stops the run
-before any training with an error naming the file and the field.
+file is loaded (each mapping, then each cell's merged values, by the family's hyperparameter
+dataclass), so a bad value stops the run before any training with an error naming the file and
+the field.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from learners.checkpoint import build_learner
+from pydantic import Field
+
 from learners.registry import HyperparamError, UnknownFamilyError, family_names, make_hparams
 from pipeline.config import read_yaml
 from pipeline.errors import ConfigError
-from pipeline.schema import Integer, Number, Optional, Table, Text, parse, section, setting
+from pipeline.schema import Count, Integer, Number, Section, Table, Text, parse
 from tasks.episodes import EpisodeSpec
 from tasks.say import Say
 
@@ -45,49 +47,43 @@ SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 BUDGETS = ("full", "cpu")
 
 
-@dataclass(frozen=True)
-class BudgetPlan:
-    iterations: int = setting(1, Integer(1))
-    meta_batch: int | None = setting(None, Optional(Integer(1)))  # null: the setting's
-    hparams: dict = setting({}, Table())
+class BudgetPlan(Section):
+    iterations: Count = 1
+    meta_batch: Count | None = None  # null: the setting's
+    hparams: Table = {}
 
 
-@dataclass(frozen=True)
-class SettingBudgets:
-    full: BudgetPlan = section(BudgetPlan)
-    cpu: BudgetPlan = section(BudgetPlan)
+class SettingBudgets(Section):
+    full: BudgetPlan = BudgetPlan()
+    cpu: BudgetPlan = BudgetPlan()
 
 
-@dataclass(frozen=True)
-class TrainEpisodes:
-    shots: int | None = setting(None, Optional(Integer(1)))  # null: the setting's shots
-    query: int = setting(15, Integer(1))
+class TrainEpisodes(Section):
+    shots: Count | None = None  # null: the setting's shots
+    query: Count = 15
 
 
-@dataclass(frozen=True)
-class SettingPlan:
-    paper: float | None = setting(None, Optional(Number(0)))
-    train: TrainEpisodes = section(TrainEpisodes)
-    meta_batch: int = setting(1, Integer(1))
-    hparams: dict = setting({}, Table())
-    budget: SettingBudgets = section(SettingBudgets)
+class SettingPlan(Section):
+    paper: Annotated[Number, Field(ge=0)] | None = None
+    train: TrainEpisodes = TrainEpisodes()
+    meta_batch: Count = 1
+    hparams: Table = {}
+    budget: SettingBudgets = SettingBudgets()
 
 
-@dataclass(frozen=True)
-class BudgetHparams:
-    full: dict = setting({}, Table())
-    cpu: dict = setting({}, Table())
+class BudgetHparams(Section):
+    full: Table = {}
+    cpu: Table = {}
 
 
-@dataclass(frozen=True)
-class FamilyFile:
-    family: str = setting("", Text())
-    paper: str = setting("", Text())
-    image_size: int = setting(28, Integer(4))
-    note: str | None = setting(None, Optional(Text()))
-    hparams: dict = setting({}, Table())
-    budget_hparams: BudgetHparams = section(BudgetHparams)
-    settings: dict = setting({}, Table())
+class FamilyFile(Section):
+    family: Text = ""
+    paper: Text = ""
+    image_size: Annotated[Integer, Field(ge=4)] = 28
+    note: Text | None = None
+    hparams: Table = {}
+    budget_hparams: BudgetHparams = BudgetHparams()
+    settings: Table = {}
 
 
 @dataclass(frozen=True)
@@ -241,27 +237,17 @@ def _parse(path: Path, raw: dict[str, Any]) -> FamilyPlan:
 
 
 def _check_hparams(plan: FamilyPlan) -> None:
-    """Every hyperparameter mapping on its own (naming its field), then every cell's learner built."""
+    """Every hyperparameter mapping on its own (naming its field), then every cell's merged values:
+    the family's dataclass checks its ranges and choices (its ``validate``), so no learner is built."""
     mappings: dict[str, Mapping[str, Any]] = {"hparams": plan.hparams}
     mappings.update({f"budget_hparams.{b}": getattr(plan.budget_hparams, b) for b in BUDGETS})
     for name, chosen in plan.settings.items():
         mappings[f"settings.{name}.hparams"] = chosen.hparams
         mappings.update({f"settings.{name}.budget.{b}.hparams": getattr(chosen.budget, b).hparams for b in BUDGETS})
+    for name in plan.settings:
+        mappings.update({f"settings.{name} ({b} budget)": resolve(plan, name, b).hparams for b in BUDGETS})
     for field, values in mappings.items():
         try:
             make_hparams(plan.family, values)
         except (HyperparamError, UnknownFamilyError) as exc:
             raise ConfigError(f"{field}: {exc}") from None
-    for name in plan.settings:
-        for budget in BUDGETS:
-            cell = resolve(plan, name, budget)
-            spec = {
-                "family": plan.family,
-                "hparams": cell.hparams,
-                "ways": cell.train.ways,
-                "image_shape": [1, plan.image_size, plan.image_size],
-            }
-            try:
-                build_learner(spec)
-            except (ValueError, RuntimeError) as exc:
-                raise ConfigError(f"settings.{name} ({budget} budget): {exc}") from None

@@ -3,7 +3,8 @@
 A family is a :class:`Learner` subclass with
 
 - ``family``: its registry name, ``paper``: the paper it implements;
-- ``Hyperparams``: a frozen dataclass of its hyperparameters, every field with a default;
+- ``Hyperparams``: a frozen dataclass of its hyperparameters, every field with a default, that
+  checks its own values (ranges, choices) in ``validate`` (see :class:`BackboneHyperparams`);
 - ``search_space``: ranges for the fields the search may tune (keys are ``Hyperparams`` fields);
 - ``meta_train_step(batch)``: one meta-update on a batch of training episodes;
 - ``predict(support_x, support_y, query_x)``: logits for the query of each task, adapting
@@ -26,16 +27,30 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from learners.hparam_checks import at_least
 from learners.space import SearchSpace
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 
 
 @dataclass(frozen=True)
 class BackboneHyperparams:
-    """Architecture knobs shared by every family built on the Conv-4 backbone."""
+    """Architecture knobs shared by every family built on the Conv-4 backbone.
+
+    Every family's hyperparameter dataclass derives from this one and checks its own values in
+    :meth:`validate`, which runs on construction: no instance holds a value its learner cannot use.
+    """
 
     width: int = 64
     depth: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value the family cannot use (ranges,
+        choices). A subclass extends it, calling ``super().validate()`` first."""
+        at_least("width", self.width, 1)
+        at_least("depth", self.depth, 1)
 
 
 class Learner(nn.Module, abc.ABC):

@@ -38,6 +38,7 @@ import torch
 
 from learners.backbone import DOWNSAMPLES, Downsample, Features, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.meta_gradient import PATHS, MetaGradient, MetaStep
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -63,6 +64,15 @@ class MAMLHyperparams(BackboneHyperparams):
     downsample: Downsample = "stride"
     path: str = "auto"
 
+    def validate(self) -> None:
+        super().validate()
+        positive("meta_lr", self.meta_lr)
+        positive("inner_lr", self.inner_lr)
+        at_least("inner_steps", self.inner_steps, 1)
+        at_least("test_inner_steps", self.test_inner_steps, 1)
+        one_of("downsample", self.downsample, DOWNSAMPLES)
+        path_or_auto("path", self.path, PATHS)
+
 
 class MAML(Learner):
     """Second-order MAML (first order with ``first_order=True``)."""
@@ -85,7 +95,6 @@ class MAML(Learner):
 
     def __init__(self, hparams: MAMLHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        validate_hparams(hparams)
         self.net = adaptable_classifier(
             image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
         )
@@ -164,14 +173,3 @@ def finn_features(downsample: str) -> Features:
     return "mean" if downsample == "stride" else "flatten"
 
 
-def validate_hparams(hparams: MAMLHyperparams) -> None:
-    """Reject MAML-family settings the dataclass types cannot rule out (also used by Meta-SGD)."""
-    if hparams.downsample not in DOWNSAMPLES:
-        raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {hparams.downsample!r}")
-    if hparams.path != "auto" and hparams.path not in PATHS:
-        raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
-    if hparams.inner_steps < 1 or hparams.test_inner_steps < 1:
-        raise ValueError(
-            "inner_steps and test_inner_steps must be at least 1, "
-            f"got {hparams.inner_steps} and {hparams.test_inner_steps}"
-        )

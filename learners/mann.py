@@ -95,6 +95,7 @@ from torch import nn
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.hparam_checks import at_least, one_of, positive, within
 from learners.metric import accuracy, evaluating
 from learners.space import Choice, Float, Int, SearchSpace
 from tasks.episodes import EpisodeBatch
@@ -119,6 +120,19 @@ class MannHyperparams(BackboneHyperparams):
     key_strength: bool = True  # learned sharpening of the cosine read weights (NTM); False: the paper
     write_vector: bool = True  # write an "add" vector instead of the key (NTM); False: the paper
     grad_clip: float = 10.0  # max gradient norm (<= 0: no clipping)
+
+    def validate(self) -> None:
+        super().validate()
+        positive("lr", self.lr)
+        one_of("encoder", self.encoder, ENCODERS)
+        for name in ("controller_size", "memory_slots", "memory_size", "read_heads"):
+            at_least(name, getattr(self, name), 1)
+        if self.read_heads > self.memory_slots:
+            raise ValueError(
+                f"read_heads ({self.read_heads}) must not exceed memory_slots ({self.memory_slots}): "
+                "each head writes to its own least-used row"
+            )
+        within("gamma", self.gamma, 0.0, 1.0)  # usage decay
 
 
 @dataclass
@@ -236,7 +250,6 @@ class MANN(Learner):
 
     def __init__(self, hparams: MannHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        _check_hparams(hparams)
         if hparams.encoder == "conv":
             self.encoder: nn.Module = Conv4(self.image_shape, hparams.width, hparams.depth)
             features = self.encoder.embedding_dim
@@ -373,18 +386,3 @@ class MANN(Learner):
         return Episodes(support, query_label, query_logits.unflatten(0, (tasks, queries)))
 
 
-def _check_hparams(hp: MannHyperparams) -> None:
-    if hp.encoder not in ENCODERS:
-        raise ValueError(f"mann.encoder must be one of {', '.join(ENCODERS)}, got {hp.encoder!r}")
-    for name in ("controller_size", "memory_slots", "memory_size", "read_heads"):
-        if getattr(hp, name) < 1:
-            raise ValueError(f"mann.{name} must be a positive integer, got {getattr(hp, name)!r}")
-    if hp.read_heads > hp.memory_slots:
-        raise ValueError(
-            f"mann.read_heads ({hp.read_heads}) must not exceed mann.memory_slots ({hp.memory_slots}): "
-            f"each head writes to its own least-used row"
-        )
-    if not 0.0 <= hp.gamma <= 1.0:
-        raise ValueError(f"mann.gamma (usage decay) must be in [0, 1], got {hp.gamma!r}")
-    if hp.lr <= 0:
-        raise ValueError(f"mann.lr must be positive, got {hp.lr!r}")

@@ -42,6 +42,7 @@ from torch import nn
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams
+from learners.hparam_checks import at_least, positive
 from learners.metric import EpisodeLossLearner, embed_tasks, one_hot_support
 from learners.space import Choice, Float, Int
 
@@ -51,6 +52,11 @@ class MatchingHyperparams(BackboneHyperparams):
     lr: float = 1e-3
     fce: bool = False  # full-context embeddings (appendix of the paper)
     fce_steps: int = 5  # K, read steps of the attention LSTM (only with fce)
+
+    def validate(self) -> None:
+        super().validate()
+        positive("lr", self.lr)
+        at_least("fce_steps", self.fce_steps, 1)
 
 
 class SupportContext(nn.Module):
@@ -106,8 +112,6 @@ class Matching(EpisodeLossLearner):
 
     def __init__(self, hparams: MatchingHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        if hparams.fce_steps < 1:
-            raise ValueError(f"matching fce_steps must be at least 1, got {hparams.fce_steps}")
         self.encoder = Conv4(image_shape, hparams.width, hparams.depth)
         dim = self.encoder.embedding_dim
         self.support_context = SupportContext(dim) if hparams.fce else None

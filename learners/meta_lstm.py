@@ -53,6 +53,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
 from learners.gradient_encoding import preprocess_gradients
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
@@ -70,6 +71,14 @@ class MetaLSTMHyperparams(BackboneHyperparams):
     grad_clip: float = 0.25  # max meta-gradient norm (<= 0: no clipping)
     downsample: Downsample = "pool"
     path: str = "auto"
+
+    def validate(self) -> None:
+        super().validate()
+        positive("meta_lr", self.meta_lr)
+        at_least("inner_steps", self.inner_steps, 1)
+        at_least("hidden", self.hidden, 1)
+        one_of("downsample", self.downsample, DOWNSAMPLES)
+        path_or_auto("path", self.path, PATHS)
 
 
 class MetaLearnerLSTM(nn.Module):
@@ -111,7 +120,6 @@ class MetaLSTM(Learner):
 
     def __init__(self, hparams: MetaLSTMHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        _validate(hparams)
         self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.meta_learner = MetaLearnerLSTM(hparams.hidden)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.meta_lr)
@@ -212,10 +220,3 @@ class MetaLSTM(Learner):
             return self.query_logits(self.adapt(self.predict_path(), support_x, support_y), query_x)
 
 
-def _validate(hparams: MetaLSTMHyperparams) -> None:
-    if hparams.downsample not in DOWNSAMPLES:
-        raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {hparams.downsample!r}")
-    if hparams.path != "auto" and hparams.path not in PATHS:
-        raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
-    if hparams.inner_steps < 1 or hparams.hidden < 1:
-        raise ValueError(f"inner_steps and hidden must be at least 1, got {hparams.inner_steps} and {hparams.hidden}")

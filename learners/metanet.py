@@ -74,6 +74,7 @@ from torch.func import grad, vmap
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.gradient_encoding import preprocess_gradients
+from learners.hparam_checks import at_least, positive
 from learners.metric import accuracy, embed_tasks, evaluating
 from learners.space import Choice, Float, Int, SearchSpace
 from tasks.episodes import EpisodeBatch
@@ -93,6 +94,12 @@ class MetaNetHyperparams(BackboneHyperparams):
     generator_hidden: int = 20  # hidden units of m (MLP) and d (LSTM)
     pairs: int = 16  # T: support pairs behind the representation fast weights
     grad_clip: float = 10.0  # max gradient norm (<= 0: no clipping)
+
+    def validate(self) -> None:
+        super().validate()
+        positive("lr", self.lr)
+        for name in ("representation_dim", "hidden_dim", "generator_hidden", "pairs"):
+            at_least(name, getattr(self, name), 1)
 
 
 @dataclass
@@ -150,7 +157,6 @@ class MetaNet(Learner):
 
     def __init__(self, hparams: MetaNetHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        _check_hparams(hparams)
         hp = hparams
         # u: representation learner (slow Q: trunk + layer; fast Q*: the layer only)
         self.u_trunk = Conv4(self.image_shape, hp.width, hp.depth)
@@ -267,9 +273,3 @@ class MetaNet(Learner):
         return self.d_output(h).view(tasks, *shape)
 
 
-def _check_hparams(hp: MetaNetHyperparams) -> None:
-    for name in ("representation_dim", "hidden_dim", "generator_hidden", "pairs"):
-        if getattr(hp, name) < 1:
-            raise ValueError(f"metanet.{name} must be a positive integer, got {getattr(hp, name)!r}")
-    if hp.lr <= 0:
-        raise ValueError(f"metanet.lr must be positive, got {hp.lr!r}")

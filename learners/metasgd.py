@@ -28,10 +28,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from learners.backbone import Downsample, adaptable_classifier
+from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner
-from learners.maml import MAML, finn_features, validate_hparams
-from learners.meta_gradient import MetaGradient
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive
+from learners.maml import MAML, finn_features
+from learners.meta_gradient import PATHS, MetaGradient
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
@@ -46,6 +47,17 @@ class MetaSGDHyperparams(BackboneHyperparams):
     first_order: bool = False
     downsample: Downsample = "stride"
     path: str = "auto"
+
+    def validate(self) -> None:
+        super().validate()
+        positive("meta_lr", self.meta_lr)
+        at_least("alpha_low", self.alpha_low, 0)
+        if self.alpha_high < self.alpha_low:
+            raise ValueError(f"alpha_high must be >= alpha_low ({self.alpha_low:g}), got {self.alpha_high!r}")
+        at_least("inner_steps", self.inner_steps, 1)
+        at_least("test_inner_steps", self.test_inner_steps, 1)
+        one_of("downsample", self.downsample, DOWNSAMPLES)
+        path_or_auto("path", self.path, PATHS)
 
 
 class MetaSGD(MAML):
@@ -65,12 +77,6 @@ class MetaSGD(MAML):
 
     def __init__(self, hparams: MetaSGDHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         Learner.__init__(self, hparams, image_shape, ways)  # MAML's own __init__ wants a scalar inner_lr
-        validate_hparams(hparams)  # type: ignore[arg-type]  # has every field it reads (path, downsample, steps)
-        if not 0.0 <= hparams.alpha_low <= hparams.alpha_high:
-            raise ValueError(
-                "alpha_low and alpha_high must satisfy 0 <= alpha_low <= alpha_high, "
-                f"got {hparams.alpha_low} and {hparams.alpha_high}"
-            )
         self.net = adaptable_classifier(
             image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
         )

@@ -25,6 +25,7 @@ from torch import nn
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.hparam_checks import at_least, one_of, positive
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 
@@ -45,6 +46,13 @@ class ProtoNet(Learner):
         train_ways: int = 0  # 0: train with the configured ways
         distance: str = "sqeuclidean"
 
+        def validate(self) -> None:
+            super().validate()
+            positive("lr", self.lr)
+            at_least("lr_decay_every", self.lr_decay_every, 1)
+            at_least("train_ways", self.train_ways, 0)
+            one_of("distance", self.distance, DISTANCES)
+
     search_space = {
         "lr": Float(1e-4, 1e-2, log=True),
         "width": Choice((32, 64, 128)),
@@ -55,13 +63,6 @@ class ProtoNet(Learner):
 
     def __init__(self, hparams: Hyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        if hparams.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {hparams.distance!r}")
-        if hparams.lr_decay_every < 1 or hparams.train_ways < 0:
-            raise ValueError(
-                f"lr_decay_every must be positive and train_ways non-negative, "
-                f"got {hparams.lr_decay_every} and {hparams.train_ways}"
-            )
         self.encoder = Conv4(image_shape, hparams.width, hparams.depth, "pool", running_stats=True)
         if hparams.distance == "cosine":
             self.scale = nn.Parameter(torch.tensor(COSINE_INITIAL_SCALE))

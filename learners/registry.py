@@ -56,7 +56,8 @@ def get_family(name: str) -> type[Learner]:
 
 
 def make_hparams(family: str, values: Mapping[str, Any] | None = None) -> Any:
-    """Build ``family``'s ``Hyperparams`` from ``values``, rejecting unknown keys and bad types."""
+    """Build ``family``'s ``Hyperparams`` from ``values``, rejecting unknown keys, bad types and the
+    values the dataclass's own ``validate`` refuses (ranges, choices)."""
     learner_cls = get_family(family)
     fields = {f.name: f for f in dataclasses.fields(learner_cls.Hyperparams)}
     values = dict(values or {})
@@ -71,7 +72,10 @@ def make_hparams(family: str, values: Mapping[str, Any] | None = None) -> Any:
     for key, value in values.items():
         expected = type(getattr(defaults, key))
         coerced[key] = _coerce(family, key, value, expected)
-    return learner_cls.Hyperparams(**coerced)
+    try:
+        return learner_cls.Hyperparams(**coerced)
+    except ValueError as exc:  # its validate(): the message starts with the field's name
+        raise HyperparamError(f"{family}.{exc}") from None
 
 
 def _coerce(family: str, key: str, value: Any, expected: type) -> Any:

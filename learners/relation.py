@@ -41,6 +41,7 @@ from torch import nn
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams
+from learners.hparam_checks import at_least, positive
 from learners.metric import EpisodeLossLearner, embed_tasks, one_hot_support
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -53,6 +54,12 @@ PREDICT_PAIRS = 16384  # most (class, query) pairs per relation-module call with
 class RelationHyperparams(BackboneHyperparams):
     lr: float = 1e-3
     hidden: int = 8  # units of the relation module's first fully connected layer
+
+    def validate(self) -> None:
+        super().validate()
+        positive("lr", self.lr)
+        at_least("depth", self.depth, POOLED_BLOCKS)  # its pooled blocks
+        at_least("hidden", self.hidden, 1)
 
 
 def _block(channels_in: int, channels_out: int, pool: bool) -> nn.Sequential:
@@ -133,12 +140,6 @@ class Relation(EpisodeLossLearner):
 
     def __init__(self, hparams: RelationHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        if hparams.depth < POOLED_BLOCKS:
-            raise ValueError(
-                f"relation depth must be at least {POOLED_BLOCKS} (its pooled blocks), got {hparams.depth}"
-            )
-        if hparams.hidden < 1:
-            raise ValueError(f"relation hidden must be a positive number of units, got {hparams.hidden}")
         pooled = Conv4(image_shape, hparams.width, POOLED_BLOCKS, "pool")
         self.map_hw = pooled.out_hw
         unpooled = [_block(hparams.width, hparams.width, pool=False) for _ in range(hparams.depth - POOLED_BLOCKS)]

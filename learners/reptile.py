@@ -45,6 +45,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
 from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -69,6 +70,16 @@ class ReptileHyperparams(BackboneHyperparams):
     downsample: Downsample = "stride"
     path: str = "auto"
 
+    def validate(self) -> None:
+        super().validate()
+        one_of("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        positive("inner_lr", self.inner_lr)
+        for name in ("inner_steps", "inner_batch", "test_inner_steps"):
+            at_least(name, getattr(self, name), 1)
+        positive("outer_lr", self.outer_lr)
+        one_of("downsample", self.downsample, DOWNSAMPLES)
+        path_or_auto("path", self.path, PATHS)
+
 
 class Reptile(Learner):
     """Reptile with SGD or Adam inner steps; the meta-parameters are ``self.net``'s."""
@@ -90,7 +101,6 @@ class Reptile(Learner):
 
     def __init__(self, hparams: ReptileHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        _validate(hparams)
         self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.inner = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, first_order=True)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hparams.outer_lr)
@@ -201,15 +211,3 @@ class Reptile(Learner):
         return vmap(one)(query_x)
 
 
-def _validate(hparams: ReptileHyperparams) -> None:
-    if hparams.inner_optimizer not in INNER_OPTIMIZERS:
-        raise ValueError(f"inner_optimizer must be one of {', '.join(INNER_OPTIMIZERS)}, got {hparams.inner_optimizer!r}")
-    if hparams.downsample not in DOWNSAMPLES:
-        raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {hparams.downsample!r}")
-    if hparams.path != "auto" and hparams.path not in PATHS:
-        raise ValueError(f"path must be 'auto' or one of {', '.join(PATHS)}, got {hparams.path!r}")
-    for name in ("inner_steps", "inner_batch", "test_inner_steps"):
-        if getattr(hparams, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(hparams, name)}")
-    if not hparams.outer_lr > 0:
-        raise ValueError(f"outer_lr must be positive, got {hparams.outer_lr}")

@@ -37,6 +37,7 @@ from torch import nn
 
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams
+from learners.hparam_checks import at_least, positive
 from learners.metric import EpisodeLossLearner, embed_tasks, one_hot_support
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -46,6 +47,11 @@ from tasks.episodes import EpisodeBatch
 class SiameseHyperparams(BackboneHyperparams):
     lr: float = 1e-3
     embedding: int = 256  # sigmoid units of the twin embedding (Koch: 4096)
+
+    def validate(self) -> None:
+        super().validate()
+        positive("lr", self.lr)
+        at_least("embedding", self.embedding, 1)
 
 
 class WeightedL1Head(nn.Module):
@@ -85,8 +91,6 @@ class Siamese(EpisodeLossLearner):
 
     def __init__(self, hparams: SiameseHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        if hparams.embedding < 1:
-            raise ValueError(f"siamese embedding must be a positive number of units, got {hparams.embedding}")
         conv = Conv4(image_shape, hparams.width, hparams.depth)
         self.twin = nn.Sequential(conv, nn.Linear(conv.embedding_dim, hparams.embedding), nn.Sigmoid())
         self.head = WeightedL1Head(hparams.embedding)

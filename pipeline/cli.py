@@ -135,7 +135,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.tracking import check_server
 
     config = _config(args)
-    datasets.validate_build(config)
     check_server(config.tracking.uri)
     connect(config.ray.address, os.environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from pipeline.config import Config, DataConfig
-from pipeline.errors import ConfigError
-from tasks.build import BuildSpec, build_dataset, validate_build_spec
+from pipeline.config import Config
+from tasks.build import build_dataset
 from tasks.episodes import EpisodeSpec
 from tasks.errors import EpisodeError
 from tasks.sampler import check_episode as check_split_episode
@@ -16,26 +14,12 @@ from tasks.split_check import EpisodeNeed
 from tasks.store import DatasetStore
 
 
-def build_spec(data: DataConfig) -> BuildSpec:
-    """The ``BuildSpec`` for a (resolved) data section (every field but ``dir``)."""
-    fields = {f.name for f in dataclasses.fields(BuildSpec)}
-    return BuildSpec(**{k: v for k, v in dataclasses.asdict(data).items() if k in fields})
-
-
-def validate_build(config: Config) -> None:
-    """Everything ``build`` would reject in the data section, checked without writing anything."""
-    try:
-        validate_build_spec(build_spec(config.data))
-    except ValueError as exc:  # the message names the data.<field>
-        raise ConfigError(str(exc)) from None
-
-
 def build(config: Config, out: Say, overwrite: bool = False) -> dict[str, Any]:
-    """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``; a
-    split too small for the configured episodes is refused before anything is written."""
-    validate_build(config)
+    """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``; its
+    settings were checked when the config loaded, and a split too small for the configured
+    episodes is refused before anything is written."""
     manifest = build_dataset(
-        build_spec(config.data),
+        config.data.build_spec(),
         config.dataset_location,
         overwrite=overwrite,
         progress=out,

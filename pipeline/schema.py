@@ -1,205 +1,155 @@
-"""Turn nested plain data (parsed YAML) into frozen dataclasses, checking every value.
+"""The config vocabulary on pydantic 2: section models, value types, and one-line errors.
 
-A config dataclass declares each field's rule with :func:`setting`; :func:`parse` walks the
-data, rejects keys that are not fields (suggesting the closest one) and values a rule does
-not allow, naming the dotted field in every error.
+A section is a frozen :class:`Section` (unknown keys refused, null taken as all defaults) whose
+fields are plain annotated types (``Annotated[int, Strict(), Field(ge=2)]``, or the aliases
+below). :func:`parse` validates data against a section and turns pydantic's first error into
+one ConfigError line that names the dotted field and says what it allows, suggesting the
+closest field for an unknown key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import re
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from pipeline.errors import ConfigError
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-T = TypeVar("T", bound="DataclassInstance")
+T = TypeVar("T")
+S = TypeVar("S", bound="Section")
 
 
-class Rule(Protocol):
-    """Validates (and normalises) one value; ``describe`` says what is allowed."""
+class Section(BaseModel):
+    """A config section: frozen, every field defaulted, unknown keys refused, null = all defaults."""
 
-    def describe(self) -> str: ...
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    def accepts(self, value: Any) -> Any: ...
-
-
-class _Reject(Exception):
-    """Raised by a rule's ``accepts`` when a value is not allowed."""
-
-
-@dataclass(frozen=True)
-class Integer:
-    minimum: int | None = None
-
-    def describe(self) -> str:
-        return "an integer" + (f" >= {self.minimum}" if self.minimum is not None else "")
-
-    def accepts(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Reject
-        if self.minimum is not None and value < self.minimum:
-            raise _Reject
-        return value
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_defaults(cls, data: Any) -> Any:
+        return {} if data is None else data
 
 
-@dataclass(frozen=True)
-class Number:
-    minimum: float = 0.0
-    positive: bool = False
-
-    def describe(self) -> str:
-        return f"a number {'>' if self.positive else '>='} {self.minimum:g}"
-
-    def accepts(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Reject
-        if value < self.minimum or (self.positive and value == self.minimum):
-            raise _Reject
-        return value
+def _one_or_more(value: Any) -> Any:
+    return value if isinstance(value, (list, tuple)) else [value]
 
 
-@dataclass(frozen=True)
-class Boolean:
-    def describe(self) -> str:
-        return "true or false"
-
-    def accepts(self, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise _Reject
-        return value
+def _null_is_empty(value: Any) -> Any:
+    return {} if value is None else value
 
 
-@dataclass(frozen=True)
-class Text:
-    pattern: str | None = None
-    meaning: str = "a string"
-
-    def describe(self) -> str:
-        return self.meaning
-
-    def accepts(self, value: Any) -> str:
-        if not isinstance(value, str) or not value:
-            raise _Reject
-        if self.pattern is not None and not re.fullmatch(self.pattern, value):
-            raise _Reject
-        return value
+def _null_is_blank(value: Any) -> Any:
+    return "" if value is None else value
 
 
-@dataclass(frozen=True)
-class OneOf:
-    options: tuple
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(repr(o) for o in self.options)
-
-    def accepts(self, value: Any) -> Any:
-        if isinstance(value, bool) or value not in self.options:
-            raise _Reject
-        return value
-
-
-@dataclass(frozen=True)
-class Optional:
-    rule: Rule
-    null: Any = None  # what null parses to ("" for text that load_config fills in when unset)
-
-    def describe(self) -> str:
-        return f"null or {self.rule.describe()}"
-
-    def accepts(self, value: Any) -> Any:
-        return self.null if value is None else self.rule.accepts(value)
+Integer = Annotated[int, Strict()]  # not a bool, not 2.0
+Number = Annotated[int, Strict()] | Annotated[float, Strict()]  # kept as given (1 stays an int), not a bool
+Count = Annotated[Integer, Field(ge=1)]
+Boolean = Annotated[bool, Strict()]
+Text = Annotated[str, Strict(), Field(min_length=1)]
+# A text the resolve step fills in when it is left out, null or "" (so stages always read a str).
+Derived = Annotated[str, BeforeValidator(_null_is_blank), Strict()]
+Table = Annotated[dict[Any, Any], BeforeValidator(_null_is_empty)]  # free keys, checked by whoever knows them
+ListOf = Annotated[tuple[T, ...], BeforeValidator(_one_or_more), Field(min_length=1)]  # one value: a list of one
+ListOrEmpty = Annotated[tuple[T, ...], BeforeValidator(_one_or_more)]
 
 
-@dataclass(frozen=True)
-class ListOf:
-    """A list of values, non-empty unless ``empty`` (a single value is taken as a list of one)."""
-
-    rule: Rule
-    empty: bool = False
-
-    def describe(self) -> str:
-        return f"a {'' if self.empty else 'non-empty '}list, each {self.rule.describe()}"
-
-    def accepts(self, value: Any) -> tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not items and not self.empty:
-            raise _Reject
-        return tuple(self.rule.accepts(item) for item in items)
-
-
-@dataclass(frozen=True)
-class Table:
-    """A mapping of free keys (checked later by whoever knows their meaning)."""
-
-    def describe(self) -> str:
-        return "a mapping"
-
-    def accepts(self, value: Any) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise _Reject
-        return dict(value)
-
-
-def setting(default: Any, rule: Rule) -> Any:
-    """A dataclass field with ``default``, checked by ``rule`` when parsed."""
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"rule": rule})
-    return field(default=default, metadata={"rule": rule})
-
-
-def section(cls: type) -> Any:
-    """A dataclass field holding a nested section, defaulting to that section's defaults."""
-    return field(default_factory=cls)
-
-
-def parse(cls: type[T], data: Any, where: str = "") -> T:
-    """An instance of dataclass ``cls`` from ``data`` (a mapping or None), every value checked."""
+def parse(model: type[S], data: Any, where: str = "") -> S:
+    """An instance of section ``model`` from ``data`` (a mapping or None), every value checked."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'the config'} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise ConfigError(_unknown_key(str(key), list(fields), where))
-    values: dict[str, Any] = {}
-    for name, value in data.items():
-        f = fields[name]
-        path = f"{where}.{name}" if where else name
-        if (section_class := _section_class(f)) is not None:
-            values[name] = parse(section_class, value, path)
-        else:
-            values[name] = check(f.metadata["rule"], value, path)
-    return cls(**values)
-
-
-def check(rule: Rule, value: Any, path: str) -> Any:
-    """``value`` as ``rule`` normalises it, or a ConfigError naming ``path``."""
     try:
-        return rule.accepts(value)
-    except _Reject:
-        raise ConfigError(f"{path} must be {rule.describe()}, got {value!r}") from None
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # Unknown keys first: a misspelt key also leaves the value it meant unset.
+        first = min(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        raise ConfigError(_one_line(model, data, first, where)) from None
 
 
-def _section_class(f: dataclasses.Field) -> type[DataclassInstance] | None:
-    """The dataclass of a nested section (``section(cls)``), or None for a plain setting."""
-    factory = f.default_factory
-    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+def _one_line(model: type[BaseModel], data: Any, error: Mapping[str, Any], where: str) -> str:
+    """``<dotted field> must be <what it allows>, got <value>`` for pydantic's ``error``."""
+    section: type[BaseModel] = model
+    path = [where] if where else []
+    value = data
+    for key in error["loc"]:
+        name = str(key)
+        if name not in section.model_fields:
+            allowed = list(section.model_fields)
+            return _unknown_key(".".join([*path, name]), ".".join(path), name, allowed)
+        field = section.model_fields[name]
+        path.append(name)
+        value = value.get(name) if isinstance(value, Mapping) else None
+        annotation = field.annotation
+        if not _is_section(annotation):
+            return f"{'.'.join(path)} must be {describe(field)}, got {value!r}"
+        section = annotation
+    if error["type"] == "value_error":  # a section's own check; its message names the field
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    return f"{'.'.join(path) or 'the config'} must be a mapping, got {value!r}"
 
 
-def _unknown_key(key: str, allowed: list[str], where: str) -> str:
-    path = f"{where}.{key}" if where else key
+def describe(field: FieldInfo) -> str:
+    """What ``field`` allows, in words: ``an integer >= 2``, ``null or one of 'a', 'b'``..."""
+    return field.description or _describe(field.annotation, tuple(field.metadata))
+
+
+def _describe(annotation: Any, constraints: tuple[Any, ...]) -> str:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        for item in get_args(annotation)[1:]:
+            if isinstance(item, FieldInfo) and item.description:
+                return item.description
+        base, found = _unwrapped(annotation)
+        return _describe(base, (*constraints, *found))
+    if origin in (Union, types.UnionType):
+        options = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if {_unwrapped(arg)[0] for arg in options} == {int, float}:  # a Number
+            text = "a number" + "".join(_bounds((*constraints, *_unwrapped(options[0])[1])))
+        else:
+            text = " or ".join(_describe(arg, ()) for arg in options)
+        return f"null or {text}" if len(options) < len(get_args(annotation)) else text
+    if origin is tuple:
+        empty = not any(getattr(c, "min_length", 0) for c in constraints)
+        return f"a {'' if empty else 'non-empty '}list, each {_describe(get_args(annotation)[0], ())}"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(option) for option in get_args(annotation))
+    if origin is dict or _is_section(annotation):
+        return "a mapping"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return words.get(annotation, str(annotation)) + "".join(_bounds(constraints))
+
+
+def _unwrapped(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The type inside ``Annotated`` layers, and their constraints."""
+    found: tuple[Any, ...] = ()
+    while get_origin(annotation) is Annotated:
+        annotation, *extra = get_args(annotation)
+        found += tuple(m for item in extra for m in (item.metadata if isinstance(item, FieldInfo) else [item]))
+    return annotation, found
+
+
+def _bounds(constraints: tuple[Any, ...]) -> list[str]:
+    """`` >= 2``, `` > 0``: pydantic's ``Field(ge=..., gt=...)`` constraints (annotated_types' Ge, Gt)."""
+    bounds = []
+    for c in constraints:
+        for name, sign in (("ge", ">="), ("gt", ">")):
+            if getattr(c, name, None) is not None:
+                bounds.append(f" {sign} {getattr(c, name):g}")
+    return bounds
+
+
+def _is_section(annotation: Any) -> TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _unknown_key(path: str, where: str, key: str, allowed: list[str]) -> str:
     close = difflib.get_close_matches(key, allowed, n=1)
     if close:
-        suggestion = f"{where}.{close[0]}" if where else close[0]
-        return f"{path} is not a field; did you mean {suggestion}?"
+        return f"{path} is not a field; did you mean {f'{where}.' if where else ''}{close[0]}?"
     return f"{path} is not a field; allowed: {', '.join(allowed)}"

@@ -188,6 +188,33 @@ MISTAKES = [
         "did you mean 'omniglot'?",
     ),
     Mistake(
+        "config-fixed-unknown-path", "fixes a MAML formulation that does not exist",
+        "learn2tune search {config} --set search.fixed.maml.path=bogus",
+        "config error: search.fixed.maml: maml.path must be 'auto' or one of loop, vmap, split, split-vmap, "
+        "split-compiled, got 'bogus'",
+    ),
+    Mistake(
+        "config-fixed-unknown-choice", "fixes a downsampling MAML's network does not have",
+        "learn2tune search {config} --set search.fixed.maml.downsample=avg",
+        "config error: search.fixed.maml: maml.downsample must be one of pool, stride, got 'avg'",
+    ),
+    Mistake(
+        "config-fixed-out-of-range", "fixes zero inner steps",
+        "learn2tune search {config} --set search.fixed.maml.inner_steps=0",
+        "config error: search.fixed.maml: maml.inner_steps must be >= 1, got 0",
+    ),
+    Mistake(
+        "config-point-out-of-range", "gives the first trial an inner learning rate outside the search space",
+        "learn2tune search {config} --set search.points_to_evaluate.maml.inner_lr=40.0",
+        "config error: search.points_to_evaluate.maml.inner_lr: 40.0 is outside its search space Float(low=0.01,",
+    ),
+    Mistake(
+        "config-fixed-rules-out-a-bound", "fixes Meta-SGD's lowest inner rate above the lowest one it searches",
+        "learn2tune search {config} --families metasgd --set search.fixed.metasgd.alpha_low=0.05",
+        "config error: the search space of metasgd.alpha_high (Float(low=0.01, high=0.5, log=True)) with "
+        "search.fixed.metasgd: metasgd.alpha_high must be >= alpha_low (0.05), got 0.01",
+    ),
+    Mistake(
         "config-unknown-flag", "misspells a command-line flag",
         "learn2tune search {config} --trails 3",
         "unrecognized arguments: --trails 3 (see learn2tune --help)",

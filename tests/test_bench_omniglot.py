@@ -178,7 +178,7 @@ def test_all_families_are_those_with_a_configuration_and_the_others_are_skipped_
         (r"meta_batch: 32\n", "meta_batch: 0\n", "settings.5w1s.meta_batch must be an integer >= 1"),
         (r"inner_steps: 1}", "inner_stepz: 1}", "settings.5w1s.hparams: maml has no hyperparameter 'inner_stepz'"),
         (r"cpu: {iterations: \d+, ", "cpu: {", "settings.5w1s.budget.cpu.iterations is required"),
-        (r"{path: split,", "{path: splitt,", "settings.5w1s (cpu budget): path must be"),
+        (r"{path: split,", "{path: splitt,", "budget_hparams.cpu: maml.path must be 'auto' or one of"),
         (r"  5w1s:\n", "  5w2s:\n", "settings.5w1s is required"),
         (r"family: maml", "family: fomaml", "family is 'fomaml' but the file is named for 'maml'"),
         (r"family: maml", "family: maml: x", "is not valid YAML (line"),

@@ -60,6 +60,41 @@ def test_search_space_names_hyperparameters_with_defaults(family):
     assert cls.paper and cls.family == family
 
 
+@pytest.mark.parametrize("family", family_names())
+def test_every_value_the_search_space_declares_is_one_the_family_accepts(family):
+    for name, distribution in get_family(family).search_space.items():
+        bounds = distribution.options if isinstance(distribution, Choice) else (distribution.low, distribution.high)
+        for bound in bounds:
+            assert getattr(make_hparams(family, {name: bound}), name) == bound
+
+
+@pytest.mark.parametrize(
+    "family, values, expected",
+    [
+        ("protonet", {"distance": "l1"}, "protonet.distance must be one of sqeuclidean, cosine, got 'l1'"),
+        ("protonet", {"width": 0}, "protonet.width must be >= 1, got 0"),
+        ("matching", {"fce_steps": 0}, "matching.fce_steps must be >= 1, got 0"),
+        ("relation", {"depth": 1}, "relation.depth must be >= 2, got 1"),
+        ("siamese", {"embedding": 0}, "siamese.embedding must be >= 1, got 0"),
+        ("maml", {"path": "bogus"}, "maml.path must be 'auto' or one of loop,"),
+        ("fomaml", {"downsample": "avg"}, "fomaml.downsample must be one of pool, stride"),
+        ("metasgd", {"alpha_low": 0.3}, "metasgd.alpha_high must be >= alpha_low (0.3), got 0.1"),
+        ("reptile", {"inner_optimizer": "rmsprop"}, "reptile.inner_optimizer must be one of adam, sgd"),
+        ("reptile", {"outer_lr": 0.0}, "reptile.outer_lr must be > 0, got 0.0"),
+        ("meta_lstm", {"hidden": 0}, "meta_lstm.hidden must be >= 1, got 0"),
+        ("mann", {"gamma": 1.5}, "mann.gamma must be in [0, 1], got 1.5"),
+        ("mann", {"read_heads": 200}, "mann.read_heads (200) must not exceed memory_slots (128)"),
+        ("metanet", {"pairs": 0}, "metanet.pairs must be >= 1, got 0"),
+    ],
+)
+def test_each_hyperparameter_dataclass_refuses_values_its_learner_cannot_use(family, values, expected):
+    with pytest.raises(HyperparamError) as error:
+        make_hparams(family, values)
+    assert str(error.value).startswith(expected)
+    with pytest.raises(ValueError):  # the dataclass itself: no learner needed to find out
+        get_family(family).Hyperparams(**values)
+
+
 def test_make_hparams_rejects_unknown_hyperparameters_listing_the_allowed_ones():
     with pytest.raises(HyperparamError) as error:
         make_hparams("protonet", {"inner_steps": 5})

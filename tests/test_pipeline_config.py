@@ -58,7 +58,12 @@ def test_unknown_key_names_the_field_and_suggests(tmp_path):
         ("search.grace_iterations=500", "search.grace_iterations (500) must be <= search.max_iterations (400)"),
         ("search.checkpoint_every=75", "must be a multiple of search.eval_every (50)"),
         ("search.grace_iterations=1.5", "search.grace_iterations must be a count of meta-iterations (an integer) or"),
-        ("data.channels=2", "data.channels must be null or one of 1, 3, 'auto', got 2"),
+        ("data.channels=2", "data.channels must be 1, 3, auto or null (source default), got 2"),
+        ("data.channels=true", "data.channels must be 1, 3, auto or null (source default), got True"),
+        ("data.image_size=2", "data.image_size must be an int in [4, 1024], got 2"),
+        ("search.max_concurrent=0", "search.max_concurrent must be null or an integer >= 1, got 0"),
+        ("search.grace_iterations=true", "search.grace_iterations must be null or a number > 0, got True"),
+        ("ray.env_vars=[1x]", "ray.env_vars must be a list, each an environment variable name"),
         ("data.skip_unreadable=sometimes", "data.skip_unreadable must be true or false, got 'sometimes'"),
         ("episodes=3", "episodes must be a mapping, got 3"),
     ],
@@ -85,6 +90,28 @@ def test_fixed_hyperparameters_are_checked_against_the_family(tmp_path):
     assert message.startswith("config error: search.fixed.protonet: protonet has no hyperparameter 'inner_steps'")
     assert "allowed:" in message
     assert "search.fixed.nope: unknown learner family" in error(tmp_path, None, "search.fixed.nope.x=1")
+
+
+@pytest.mark.parametrize(
+    "assignment, expected",
+    [
+        ("search.fixed.maml.path=bogus", "search.fixed.maml: maml.path must be 'auto' or one of loop, vmap,"),
+        ("search.fixed.maml.downsample=avg", "search.fixed.maml: maml.downsample must be one of pool, stride"),
+        ("search.fixed.maml.inner_steps=0", "search.fixed.maml: maml.inner_steps must be >= 1, got 0"),
+        ("search.fixed.mann.read_heads=200", "search.fixed.mann: mann.read_heads (200) must not exceed memory_slots"),
+    ],
+)
+def test_fixed_values_are_checked_by_the_familys_own_validate(tmp_path, assignment, expected):
+    assert error(tmp_path, None, assignment).startswith(f"config error: {expected}")
+
+
+def test_a_fixed_value_that_rules_out_a_searched_bound_is_refused(tmp_path):
+    message = error(tmp_path, "search:\n  families: [metasgd]\n  fixed: {metasgd: {alpha_low: 0.05}}\n")
+    assert message == (
+        "config error: the search space of metasgd.alpha_high (Float(low=0.01, high=0.5, log=True)) with "
+        "search.fixed.metasgd: metasgd.alpha_high must be >= alpha_low (0.05), got 0.01"
+    )
+    load(tmp_path, "search:\n  families: [metasgd]\n  fixed: {metasgd: {alpha_low: 0.01}}\n")  # the lowest bound: fine
 
 
 @pytest.mark.parametrize(
