@@ -15,18 +15,18 @@ without a comparison, saying so in the tags.
 from __future__ import annotations
 
 import datetime
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from learners.checkpoint import load_learner
 from pipeline import datasets, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
 from pipeline.evaluate import setting_key, tasks_per_batch
+from pipeline.records import RegisteredVersion
 from pipeline.register import ALIAS as CANDIDATE
 from pipeline.scoring import episode_accuracies, mean_ci95
 from tasks.episodes import EpisodeSpec
@@ -36,22 +36,12 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+    from learners.base import Learner
+
 CHAMPION = "champion"
 TAG_PREFIX = "promotion."
 
 Out = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    """A model version's number (MLflow returns it as int or str) and tags."""
-
-    number: str
-    tags: dict[str, str]
-
-    @classmethod
-    def of(cls, version: ModelVersion) -> RegisteredVersion:
-        return cls(str(version.version), dict(version.tags))
 
 
 @dataclass(frozen=True)
@@ -63,15 +53,8 @@ class Setting:
     shots: int
 
     @classmethod
-    def of(cls, name: str, version: RegisteredVersion) -> Setting:
-        tags = version.tags
-        missing = [k for k in ("dataset_fingerprint", "ways", "shots") if k not in tags]
-        if missing:
-            raise PipelineError(
-                f"model {name} version {version.number} lacks the tag(s) {', '.join(missing)}; "
-                "only versions registered by `learn2tune register` can be promoted"
-            )
-        return cls(tags["dataset_fingerprint"], int(tags["ways"]), int(tags["shots"]))
+    def of(cls, version: RegisteredVersion) -> Setting:
+        return cls(version.tags.dataset_fingerprint, version.tags.ways, version.tags.shots)
 
     def differences(self, other: Setting) -> list[str]:
         return [
@@ -92,22 +75,22 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     tracking.check_registered_model(client, name, config.tracking.uri)
     challenger = _version(client, name, candidate)
     champion = _alias_version(client, name, CHAMPION)
-    if champion is not None and champion.number == challenger.number:
-        out(f"{name} version {challenger.number} is already the champion; nothing to do")
-        return {"name": name, "decision": "already champion", "champion": challenger.number}
+    if champion is not None and champion.version == challenger.version:
+        out(f"{name} version {challenger.version} is already the champion; nothing to do")
+        return {"name": name, "decision": "already champion", "champion": challenger.version}
 
-    setting = Setting.of(name, challenger)
-    differences = setting.differences(Setting.of(name, champion)) if champion is not None else []
+    setting = Setting.of(challenger)
+    differences = setting.differences(Setting.of(champion)) if champion is not None else []
     if differences and not force:
         raise PipelineError(
-            f"cannot compare {name} version {challenger.number} with champion version {champion.number}: "
+            f"cannot compare {name} version {challenger.version} with champion version {champion.version}: "
             f"{'; '.join(differences)}. Compare models of one dataset and setting, or pass --force to move "
             "the champion alias without a comparison"
         )
     comparable = not differences
-    scores = _score(config, client, name, setting, [challenger] + ([champion] if champion and comparable else []), out)
-    challenger_acc = scores[challenger.number]
-    champion_acc = scores.get(champion.number) if champion is not None else None
+    scores = _score(config, name, setting, [challenger] + ([champion] if champion and comparable else []), out)
+    challenger_acc = scores[challenger.version]
+    champion_acc = scores.get(champion.version) if champion is not None else None
 
     if champion is None:
         decision, promoted = "first champion", True
@@ -116,92 +99,91 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     else:
         better = challenger_acc.mean() > champion_acc.mean()
         promoted = better or force
-        decision = "promoted" if better else ("forced" if force else f"kept version {champion.number}")
+        decision = "promoted" if better else ("forced" if force else f"kept version {champion.version}")
 
     record = _record(setting, config, challenger, challenger_acc, champion, champion_acc, decision)
     client_tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in record.items()}
     for key, value in client_tags.items():
-        client.set_model_version_tag(name, challenger.number, key, value)
+        client.set_model_version_tag(name, challenger.version, key, value)
     if champion is not None:
         role = "replaced_by" if promoted else "defended_against"
-        client.set_model_version_tag(name, champion.number, f"{TAG_PREFIX}{role}", challenger.number)
+        client.set_model_version_tag(name, champion.version, f"{TAG_PREFIX}{role}", challenger.version)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, challenger.number)
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
     _report(name, challenger, champion, record, promoted, out)
-    return {"name": name, "champion": challenger.number if promoted else champion.number, **record}
+    return {"name": name, "champion": challenger.version if promoted else champion.version, **record}
 
 
 def _version(client: MlflowClient, name: str, version: str | None) -> RegisteredVersion:
     from mlflow.exceptions import MlflowException
 
     if version is None:
-        found = _alias_version(client, name, CANDIDATE)
-        if found is None:
+        candidate = _alias_version(client, name, CANDIDATE)
+        if candidate is None:
             raise PipelineError(
                 f"model {name!r} has no version with alias {CANDIDATE!r}; run `learn2tune register` first"
             )
-        return found
+        return candidate
     try:
-        return RegisteredVersion.of(client.get_model_version(name, str(version)))
+        found = client.get_model_version(name, str(version))
     except MlflowException:
         raise PipelineError(f"model {name!r} has no version {version}") from None
+    return _record_of(found)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> RegisteredVersion | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return RegisteredVersion.of(client.get_model_version_by_alias(name, alias))
+        found = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+    return _record_of(found)
+
+
+def _record_of(version: ModelVersion) -> RegisteredVersion:
+    return RegisteredVersion.from_tags(version.name, version.version, version.tags)
 
 
 def _score(
-    config: Config, client: MlflowClient, name: str, setting: Setting, versions: list[RegisteredVersion], out: Out
+    config: Config, name: str, setting: Setting, versions: list[RegisteredVersion], out: Out
 ) -> dict[str, np.ndarray]:
     """Per-episode test accuracies of every version on one list of fixed-seed episodes."""
     store = datasets.open_dataset(config)
     if store.fingerprint != setting.fingerprint:
         raise PipelineError(
             f"the dataset in {config.dataset_dir} (fingerprint {store.fingerprint}) is not the one {name} "
-            f"version {versions[0].number} was trained on ({setting.fingerprint}); point the config at that dataset"
+            f"version {versions[0].version} was trained on ({setting.fingerprint}); point the config at that dataset"
         )
     spec = EpisodeSpec(setting.ways, setting.shots, config.episodes.test.query)
-    datasets.check_episode(store, "test", spec, f"{name} version {versions[0].number}'s setting")
+    datasets.check_episode(store, "test", spec, f"{name} version {versions[0].version}'s setting")
     episodes = list(  # every version scores the same list
         fixed_episodes(
             store.split("test"), spec, config.episodes.test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
         )
     )
     out(
-        f"promote {name}: scoring version(s) {', '.join(v.number for v in versions)} on the same "
+        f"promote {name}: scoring version(s) {', '.join(v.version for v in versions)} on the same "
         f"{config.episodes.test.episodes} test episodes ({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
     )
     device = pick_device(config.device)
     scores = {}
     for version in versions:
-        learner = _load_version_learner(client, config.tracking.uri, name, version.number, device)
-        scores[version.number] = episode_accuracies(learner, episodes, device)
+        learner = _load_version_learner(config.tracking.uri, version, device)
+        scores[version.version] = episode_accuracies(learner, episodes, device)
     return scores
 
 
-def _load_version_learner(client: MlflowClient, uri: str, name: str, version: str, device):
-    """The learner inside a registered pyfunc version (its ``learner`` artifact directory)."""
-    import mlflow.artifacts
+def _load_version_learner(tracking_uri: str, version: RegisteredVersion, device) -> Learner:
+    """The learner inside a registered version, loaded as the scoring server loads the model."""
     from mlflow.exceptions import MlflowException
 
-    from deploy.fewshot_model import LEARNER_ARTIFACT
+    from deploy.model_format import NotAFewShotModel, load_model_learner
 
-    source = client.get_model_version_download_uri(name, version)
-    with tempfile.TemporaryDirectory(prefix="learn2tune-promote-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{source.rstrip('/')}/artifacts/{LEARNER_ARTIFACT}", dst_path=tmp, tracking_uri=uri
-            )
-        except (MlflowException, OSError) as exc:
-            raise PipelineError(f"cannot read {name} version {version}'s learner from {source}: {exc}") from None
-        learner, _ = load_learner(path, device)
-    return learner
+    try:
+        return load_model_learner(version.model_uri(), tracking_uri, device)
+    except (MlflowException, OSError, NotAFewShotModel) as exc:
+        raise PipelineError(f"cannot read {version.model_uri()}'s learner: {exc}") from None
 
 
 def _record(
@@ -220,13 +202,13 @@ def _record(
         "episodes": f"{len(challenger_acc)} x {setting_key(setting.ways, setting.shots)}, "
         f"query {config.episodes.test.query}, seed {config.seed}",
         "dataset_fingerprint": setting.fingerprint,
-        "candidate_version": challenger.number,
+        "candidate_version": challenger.version,
         "candidate_accuracy": f"{accuracy:.4f}",
         "candidate_ci95": f"{ci95:.4f}",
     }
     if champion is not None:
-        record["champion_version"] = champion.number
-        record["champion_dataset_fingerprint"] = champion.tags.get("dataset_fingerprint", "")
+        record["champion_version"] = champion.version
+        record["champion_dataset_fingerprint"] = champion.tags.dataset_fingerprint
     if champion_acc is not None:
         champion_mean, champion_ci = mean_ci95(champion_acc)
         difference, difference_ci = mean_ci95(challenger_acc - champion_acc)
@@ -242,9 +224,9 @@ def _record(
 def _report(
     name: str, challenger: RegisteredVersion, champion: RegisteredVersion | None, record: dict, promoted: bool, out: Out
 ) -> None:
-    out(f"  candidate version {challenger.number}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
+    out(f"  candidate version {challenger.version}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
     if "champion_accuracy" in record:
-        out(f"  champion  version {champion.number}: {record['champion_accuracy']} ± {record['champion_ci95']}")
+        out(f"  champion  version {champion.version}: {record['champion_accuracy']} ± {record['champion_ci95']}")
         out(f"  paired difference: {record['paired_difference']} ± {record['paired_difference_ci95']}")
-    holder = challenger.number if promoted else champion.number
+    holder = challenger.version if promoted else champion.version
     out(f"{record['decision']}: {name}@{CHAMPION} is version {holder}")
