@@ -5,8 +5,8 @@ Layout: an MLflow pyfunc model from code (``deploy/pyfunc_entry.py``, so nothing
 its ``learner`` artifact the checkpoint's ``learner.json`` and ``learner.pt``, the ``deploy``,
 ``learners`` and ``tasks`` packages as code (it loads without the project installed), pinned
 requirements, a signature of the request rows (:mod:`deploy.request`) and a one-shot input
-example. Reading goes through MLflow's own APIs (``download_artifacts`` of a ``models:/`` URI,
-``pyfunc.load_model``), never through the file layout of a store.
+example. Reading goes through MLflow's own APIs (``download_artifacts`` of the model's URI,
+``pyfunc.load_model``), never through the model's file layout or a store's.
 """
 
 from __future__ import annotations
@@ -72,8 +72,13 @@ def log_model(client: MlflowClient, run_id: str, checkpoint: Path, artifact_path
 
 
 def load_model_learner(model_uri: str, tracking_uri: str, device: Any = "cpu") -> Learner:
-    """The learner inside the model at ``model_uri`` (``models:/NAME/VERSION``, a run or a local
-    path), loaded the way the scoring server loads it, then moved to ``device``.
+    """The learner inside the model at ``model_uri``, loaded the way the scoring server loads it,
+    then moved to ``device``.
+
+    ``model_uri`` is an artifact URI MLflow downloads with ``tracking_uri`` (a registered version's
+    ``MlflowClient.get_model_version_download_uri``, a run's artifact URI, a local path).
+    MLflow 3.17 resolves ``models:/`` URIs with the process-wide registry URI only, whatever
+    ``registry_uri`` says, so those are resolved by the caller's client instead.
 
     Raises ``MlflowException`` or ``OSError`` when the model cannot be fetched or loaded,
     :class:`NotAFewShotModel` when it is another kind of model.
@@ -84,9 +89,7 @@ def load_model_learner(model_uri: str, tracking_uri: str, device: Any = "cpu") -
     from deploy.fewshot_model import FewShotModel
 
     with tempfile.TemporaryDirectory(prefix="learn2tune-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri
-        )
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri)
         model = mlflow.pyfunc.load_model(local).unwrap_python_model()
     if not isinstance(model, FewShotModel):
         raise NotAFewShotModel(f"{model_uri} is not a learn2tune few-shot model")

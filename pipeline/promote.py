@@ -75,22 +75,22 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     tracking.check_registered_model(client, name, config.tracking.uri)
     challenger = _version(client, name, candidate)
     champion = _alias_version(client, name, CHAMPION)
-    if champion is not None and champion.version == challenger.version:
-        out(f"{name} version {challenger.version} is already the champion; nothing to do")
-        return {"name": name, "decision": "already champion", "champion": challenger.version}
+    if champion is not None and champion.number == challenger.number:
+        out(f"{name} version {challenger.number} is already the champion; nothing to do")
+        return {"name": name, "decision": "already champion", "champion": challenger.number}
 
     setting = Setting.of(challenger)
     differences = setting.differences(Setting.of(champion)) if champion is not None else []
     if differences and not force:
         raise PipelineError(
-            f"cannot compare {name} version {challenger.version} with champion version {champion.version}: "
+            f"cannot compare {name} version {challenger.number} with champion version {champion.number}: "
             f"{'; '.join(differences)}. Compare models of one dataset and setting, or pass --force to move "
             "the champion alias without a comparison"
         )
     comparable = not differences
-    scores = _score(config, name, setting, [challenger] + ([champion] if champion and comparable else []), out)
-    challenger_acc = scores[challenger.version]
-    champion_acc = scores.get(champion.version) if champion is not None else None
+    scores = _score(config, client, name, setting, [challenger] + ([champion] if champion and comparable else []), out)
+    challenger_acc = scores[challenger.number]
+    champion_acc = scores.get(champion.number) if champion is not None else None
 
     if champion is None:
         decision, promoted = "first champion", True
@@ -99,19 +99,19 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
     else:
         better = challenger_acc.mean() > champion_acc.mean()
         promoted = better or force
-        decision = "promoted" if better else ("forced" if force else f"kept version {champion.version}")
+        decision = "promoted" if better else ("forced" if force else f"kept version {champion.number}")
 
     record = _record(setting, config, challenger, challenger_acc, champion, champion_acc, decision)
     client_tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in record.items()}
     for key, value in client_tags.items():
-        client.set_model_version_tag(name, challenger.version, key, value)
+        client.set_model_version_tag(name, challenger.number, key, value)
     if champion is not None:
         role = "replaced_by" if promoted else "defended_against"
-        client.set_model_version_tag(name, champion.version, f"{TAG_PREFIX}{role}", challenger.version)
+        client.set_model_version_tag(name, champion.number, f"{TAG_PREFIX}{role}", challenger.number)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        client.set_registered_model_alias(name, CHAMPION, challenger.number)
     _report(name, challenger, champion, record, promoted, out)
-    return {"name": name, "champion": challenger.version if promoted else champion.version, **record}
+    return {"name": name, "champion": challenger.number if promoted else champion.number, **record}
 
 
 def _version(client: MlflowClient, name: str, version: str | None) -> RegisteredVersion:
@@ -146,44 +146,45 @@ def _record_of(version: ModelVersion) -> RegisteredVersion:
 
 
 def _score(
-    config: Config, name: str, setting: Setting, versions: list[RegisteredVersion], out: Out
+    config: Config, client: MlflowClient, name: str, setting: Setting, versions: list[RegisteredVersion], out: Out
 ) -> dict[str, np.ndarray]:
     """Per-episode test accuracies of every version on one list of fixed-seed episodes."""
     store = datasets.open_dataset(config)
     if store.fingerprint != setting.fingerprint:
         raise PipelineError(
             f"the dataset in {config.dataset_dir} (fingerprint {store.fingerprint}) is not the one {name} "
-            f"version {versions[0].version} was trained on ({setting.fingerprint}); point the config at that dataset"
+            f"version {versions[0].number} was trained on ({setting.fingerprint}); point the config at that dataset"
         )
     spec = EpisodeSpec(setting.ways, setting.shots, config.episodes.test.query)
-    datasets.check_episode(store, "test", spec, f"{name} version {versions[0].version}'s setting")
+    datasets.check_episode(store, "test", spec, f"{name} version {versions[0].number}'s setting")
     episodes = list(  # every version scores the same list
         fixed_episodes(
             store.split("test"), spec, config.episodes.test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
         )
     )
     out(
-        f"promote {name}: scoring version(s) {', '.join(v.version for v in versions)} on the same "
+        f"promote {name}: scoring version(s) {', '.join(v.number for v in versions)} on the same "
         f"{config.episodes.test.episodes} test episodes ({setting_key(setting.ways, setting.shots)}, seed {config.seed})"
     )
     device = pick_device(config.device)
     scores = {}
     for version in versions:
-        learner = _load_version_learner(config.tracking.uri, version, device)
-        scores[version.version] = episode_accuracies(learner, episodes, device)
+        learner = _load_version_learner(client, config.tracking.uri, version, device)
+        scores[version.number] = episode_accuracies(learner, episodes, device)
     return scores
 
 
-def _load_version_learner(tracking_uri: str, version: RegisteredVersion, device) -> Learner:
+def _load_version_learner(client: MlflowClient, tracking_uri: str, version: RegisteredVersion, device) -> Learner:
     """The learner inside a registered version, loaded as the scoring server loads the model."""
     from mlflow.exceptions import MlflowException
 
     from deploy.model_format import NotAFewShotModel, load_model_learner
 
+    source = client.get_model_version_download_uri(version.name, version.number)
     try:
-        return load_model_learner(version.model_uri(), tracking_uri, device)
+        return load_model_learner(source, tracking_uri, device)
     except (MlflowException, OSError, NotAFewShotModel) as exc:
-        raise PipelineError(f"cannot read {version.model_uri()}'s learner: {exc}") from None
+        raise PipelineError(f"cannot read {version.model_uri()}'s learner from {source}: {exc}") from None
 
 
 def _record(
@@ -202,12 +203,12 @@ def _record(
         "episodes": f"{len(challenger_acc)} x {setting_key(setting.ways, setting.shots)}, "
         f"query {config.episodes.test.query}, seed {config.seed}",
         "dataset_fingerprint": setting.fingerprint,
-        "candidate_version": challenger.version,
+        "candidate_version": challenger.number,
         "candidate_accuracy": f"{accuracy:.4f}",
         "candidate_ci95": f"{ci95:.4f}",
     }
     if champion is not None:
-        record["champion_version"] = champion.version
+        record["champion_version"] = champion.number
         record["champion_dataset_fingerprint"] = champion.tags.dataset_fingerprint
     if champion_acc is not None:
         champion_mean, champion_ci = mean_ci95(champion_acc)
@@ -224,9 +225,9 @@ def _record(
 def _report(
     name: str, challenger: RegisteredVersion, champion: RegisteredVersion | None, record: dict, promoted: bool, out: Out
 ) -> None:
-    out(f"  candidate version {challenger.version}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
+    out(f"  candidate version {challenger.number}: {record['candidate_accuracy']} ± {record['candidate_ci95']}")
     if "champion_accuracy" in record:
-        out(f"  champion  version {champion.version}: {record['champion_accuracy']} ± {record['champion_ci95']}")
+        out(f"  champion  version {champion.number}: {record['champion_accuracy']} ± {record['champion_ci95']}")
         out(f"  paired difference: {record['paired_difference']} ± {record['paired_difference_ci95']}")
-    holder = challenger.version if promoted else champion.version
+    holder = challenger.number if promoted else champion.number
     out(f"{record['decision']}: {name}@{CHAMPION} is version {holder}")

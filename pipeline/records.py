@@ -220,7 +220,7 @@ class RegisteredVersion:
     """A version of a registered model and the tags ``learn2tune register`` gave it."""
 
     name: str
-    version: str  # MLflow returns the number as int or str
+    number: str  # MLflow returns it as int or str
     tags: VersionTags
 
     @classmethod
@@ -238,7 +238,7 @@ class RegisteredVersion:
 
     def model_uri(self, alias: str | None = None) -> str:
         """``models:/NAME@ALIAS`` with ``alias``, else ``models:/NAME/VERSION``."""
-        return f"models:/{self.name}@{alias}" if alias else f"models:/{self.name}/{self.version}"
+        return f"models:/{self.name}@{alias}" if alias else f"models:/{self.name}/{self.number}"
 
 
 def to_json(record: SearchResult | Evaluation) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def run_summary(evaluation: Evaluation, registered: RegisteredVersion, alias: st
                 format_params(model.params),
                 model.val_accuracy,
                 test,
-                f"{registered.name} v{registered.version} @{alias}" if won else "",
+                f"{registered.name} v{registered.number} @{alias}" if won else "",
             )
         )
     headers = ("", "family", "params", "val acc", f"test acc {primary} (95% CI)", "registered")

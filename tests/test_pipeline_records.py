@@ -147,7 +147,7 @@ def test_version_tags_round_trip_through_mlflow_strings_and_name_the_missing_one
     strings = tags.to_tags()
     assert strings["test_accuracy"] == "0.8783" and strings["ways"] == "5" and strings["val_accuracy"] == "0.9000"
     version = RegisteredVersion.from_tags("glyphs", 3, strings)
-    assert version.version == "3" and version.tags.ways == 5 and version.tags.test_accuracy == 0.8783
+    assert version.number == "3" and version.tags.ways == 5 and version.tags.test_accuracy == 0.8783
     assert version.model_uri() == "models:/glyphs/3" and version.model_uri("champion") == "models:/glyphs@champion"
     with pytest.raises(PipelineError) as error:
         RegisteredVersion.from_tags("glyphs", 3, {k: v for k, v in strings.items() if k not in ("ways", "shots")})
