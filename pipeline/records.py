@@ -73,8 +73,9 @@ class TrialRecord:
     final_checkpoint: str | None
     error: str | None
     failed_attempts: int
-    node_id: str | None  # where its last report came from (a restarted trial may have moved)
-    device: str | None
+    # Where its last report came from (a restarted trial may have moved); None in older files.
+    node_id: str | None = None
+    device: str | None = None
 
     @property
     def evaluable(self) -> bool:
