@@ -189,7 +189,7 @@ def _on_gpus(device: str) -> bool:
 def tune_family(config: Config, plan: dict[str, Any], resume: bool, say: Say) -> dict[str, Any]:
     """Build (or find) the dataset, search, and evaluate the best trial; returns the summary record."""
     from pipeline import datasets
-    from pipeline.evaluate import EVALUATION_FILE, evaluate
+    from pipeline.evaluate import EVALUATION_FILE, evaluate, read_search_result
     from pipeline.ray_runtime import connect
     from pipeline.search import RESULT_FILE, STATE_FILE, search
 
@@ -205,29 +205,28 @@ def tune_family(config: Config, plan: dict[str, Any], resume: bool, say: Say) ->
         write_json_atomic(plan_file, plan)
         search(config, say, os.environ, resume=same_plan and (experiment / STATE_FILE).is_file())
     evaluation = evaluate(config, say)
-    result = read_json(experiment / RESULT_FILE, "the search stage writes it")
-    best = next(m for m in evaluation["models"] if m["trial_id"] == evaluation["winner"])
+    result = read_search_result(config)
+    best = evaluation.winning_model()
     point = config.search.points_to_evaluate[config.search.families[0]]
-    paper_trial = next((t for t in result["trials"] if all(t["params"].get(k) == v for k, v in point.items())), None)
-    primary = evaluation["primary"]
+    paper_trial = next((t for t in result.trials if all(t.params.get(k) == v for k, v in point.items())), None)
     return {
         "plan": plan,
         "experiment_dir": str(experiment),
         "evaluation": str(experiment / EVALUATION_FILE),
-        "trials": len(result["trials"]),
-        "failed": sum(1 for t in result["trials"] if t["error"]),
+        "trials": len(result.trials),
+        "failed": sum(1 for t in result.trials if t.error),
         "best": {
-            "trial_id": best["trial_id"],
-            "val_accuracy": best["val_accuracy"],
-            "params": best["params"],
-            "test": best["results"][primary],
+            "trial_id": best.trial_id,
+            "val_accuracy": best.val_accuracy,
+            "params": best.params,
+            "test": dataclasses.asdict(best.results[evaluation.primary]),
         },
         "paper_point": None
         if paper_trial is None
         else {
-            "trial_id": paper_trial["trial_id"],
-            "val_accuracy": paper_trial["val_accuracy"],
-            "iterations": paper_trial.get("iterations"),
+            "trial_id": paper_trial.trial_id,
+            "val_accuracy": paper_trial.val_accuracy,
+            "iterations": paper_trial.iterations,
         },
         "wall_seconds": time.time() - started,
         "commit": report.commit(REPO),

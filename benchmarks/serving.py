@@ -26,10 +26,10 @@ import torch
 
 from deploy.client import encode_image, request_body
 from deploy.local_server import free_port, local_server
+from deploy.model_format import save_model
 from learners.checkpoint import build_learner, save_learner
 from learners.registry import family_names
 from pipeline.cli import Parser
-from pipeline.register import save_pyfunc_model
 from pipeline.serve import with_scripts_on_path
 from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeSpec
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         learner = build_learner({"family": args.family, "hparams": {}, "image_shape": [1, 28, 28], "ways": SPEC.ways})
         save_learner(learner, root / "checkpoint")
-        save_pyfunc_model(root / "checkpoint", learner, root / "model")
+        save_model(root / "checkpoint", root / "model")
         print(
             f"serving {args.family} (default hyperparameters): {SPEC.ways}-way {SPEC.shots}-shot, "
             f"{SPEC.ways * SPEC.query} queries per request, {args.requests} requests; "

@@ -16,10 +16,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel
 
+from deploy.model_format import LEARNER_ARTIFACT
 from deploy.request import RequestError, parse_episode
 from learners.checkpoint import load_learner
-
-LEARNER_ARTIFACT = "learner"  # a directory holding learner.json and learner.pt
 
 
 class FewShotModel(PythonModel):

@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import datasets
     from pipeline.evaluate import evaluate
     from pipeline.ray_runtime import check_trial_resources, connect
-    from pipeline.register import register
+    from pipeline.register import ALIAS, register
     from pipeline.report import run_summary
     from pipeline.search import RESULT_FILE, search
     from pipeline.tracking import check_server
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     evaluation = evaluate(config, out, stream=_terminal())
     out("\n== register")
     registered = register(config, out)
-    out("\n" + run_summary(evaluation, registered))
+    out("\n" + run_summary(evaluation, registered, ALIAS))
     config_arg = f" {args.config}" if args.config else ""
     out(f"\nmake it the champion and serve it:\n  learn2tune promote{config_arg}\n  learn2tune serve{config_arg}")
     out("\nbrowse runs, curves and the registry with:\n  " + ui_hint(config))

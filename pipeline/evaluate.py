@@ -11,17 +11,26 @@ keeps what it finished, and running it again scores only the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
 from pipeline import datasets, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
-from pipeline.evaluation_record import EvaluationRecord, check_complete, model_key
-from pipeline.io import read_json
+from pipeline.evaluation_record import EvaluationRecord, check_complete
+from pipeline.records import (
+    Evaluation,
+    EvaluationEpisodes,
+    ScoredModel,
+    SearchResult,
+    SettingScore,
+    TrialRecord,
+    read_record,
+)
 from pipeline.scoring import episode_accuracies, mean_ci95
 from pipeline.scoring_progress import ScoringProgress
 from pipeline.search import RESULT_FILE
@@ -40,23 +49,22 @@ def setting_key(ways: int, shots: int) -> str:
     return f"{ways}w{shots}s"
 
 
-def read_search_result(config: Config) -> dict[str, Any]:
-    return read_json(
+def read_search_result(config: Config) -> SearchResult:
+    return read_record(
+        SearchResult,
         config.experiment_location.child(RESULT_FILE),
         f"no finished search for experiment {config.name!r}; run `learn2tune search` first",
     )
 
 
-def read_evaluation(config: Config) -> dict[str, Any]:
+def read_evaluation(config: Config) -> Evaluation:
     """The finished evaluation of ``config``'s experiment (an unfinished one is an error)."""
     path = config.experiment_location.child(EVALUATION_FILE)
-    record = read_json(path, f"experiment {config.name!r} has not been evaluated; run `learn2tune evaluate` first")
-    return check_complete(record, path)
+    hint = f"experiment {config.name!r} has not been evaluated; run `learn2tune evaluate` first"
+    return check_complete(read_record(Evaluation, path, hint), path)
 
 
-def evaluate(
-    config: Config, out: Out, untrained: Sequence[str] = (), stream: TextIO | None = None
-) -> dict[str, Any]:
+def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: TextIO | None = None) -> Evaluation:
     """Score the top-k trials on every test setting; returns (and writes) the evaluation.
 
     Each model's scores are written (``evaluation.json`` and its run's MLflow metrics) as soon
@@ -66,30 +74,30 @@ def evaluate(
     """
     search = read_search_result(config)
     store = datasets.open_dataset(config)
-    if store.fingerprint != search["dataset"]["fingerprint"]:
+    if store.fingerprint != search.dataset.fingerprint:
         raise PipelineError(
             f"the dataset in {config.dataset_dir} (fingerprint {store.fingerprint}) is not the one experiment "
-            f"{config.name!r} was searched on ({search['dataset']['fingerprint']})"
+            f"{config.name!r} was searched on ({search.dataset.fingerprint})"
         )
     datasets.check_test_episodes(store, config)
-    finished = [t for t in search["trials"] if t["checkpoint"] and t["run_id"] and not t["error"]]
+    finished = [t for t in search.trials if t.evaluable]
     candidates = select_trials(finished, config.registry.top_k, config.registry.best_per_family)
     if not candidates:
         raise PipelineError(f"no trial of experiment {config.name!r} finished with a checkpoint to evaluate")
     baselines = untrained_trials(finished, untrained, config.name)
     client = tracking.make_client(config.tracking.uri)
-    parent_run_id = search["mlflow"]["parent_run_id"]
+    parent_run_id = search.mlflow.parent_run_id
     _check_run_exists(client, parent_run_id, config)
 
     test = config.episodes.test
     primary = setting_key(*test.settings()[0])
-    head = {
-        "experiment": config.name,
-        "dataset": search["dataset"],
-        "test_episodes": {"query": test.query, "episodes": test.episodes, "seed": config.seed},
-        "primary": primary,
-        "mlflow": search["mlflow"],
-    }
+    head = Evaluation(
+        experiment=config.name,
+        dataset=search.dataset,
+        test_episodes=EvaluationEpisodes(query=test.query, episodes=test.episodes, seed=config.seed),
+        primary=primary,
+        mlflow=search.mlflow,
+    )
     record = EvaluationRecord(config.experiment_location.child(EVALUATION_FILE), head)
     out(
         f"evaluate {config.name}: {len(candidates)} trial(s) by val accuracy"
@@ -104,8 +112,8 @@ def evaluate(
     try:
         for trial, fresh in jobs:
             model = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
-            if model["seconds"] is not None:  # something new was scored
-                tracking.log_metrics(client, model["run_id"], _metrics(model))
+            if model.seconds is not None:  # something new was scored
+                tracking.log_metrics(client, model.run_id, _metrics(model))
             record.add(model)  # after MLflow: a model in the record has its metrics logged too
     except KeyboardInterrupt:
         out(
@@ -113,28 +121,27 @@ def evaluate(
             "run `learn2tune evaluate` again to score the rest"
         )
         raise
-    models = [m for m in record.models if not m.get("untrained")]
-    scored = [m for m in models if m["results"].get(primary)]
+    scored = [m for m in record.models if not m.untrained and primary in m.results]
     if not scored:
         raise PipelineError(f"none of the evaluated models can score the primary setting {primary}")
     # Never select on the test split: the winner is the best trial by validation accuracy
     # that can score the primary setting; the test figures of the others are reported only.
-    winner = max(scored, key=lambda m: m["val_accuracy"])
+    winner = max(scored, key=lambda m: m.val_accuracy)
     selection = f"the best validation accuracy among the trials that score {primary}"
     tracking.log_metrics(client, parent_run_id, _metrics(winner))
-    client.set_tag(parent_run_id, "learn2tune.evaluated_winner", f"{winner['family']} trial {winner['trial_id']}")
-    evaluation = record.finish({"selection": selection, "winner": winner["trial_id"]})
+    client.set_tag(parent_run_id, "learn2tune.evaluated_winner", f"{winner.family} trial {winner.trial_id}")
+    evaluation = record.finish(selection, winner.trial_id)
     _print_summary(evaluation, out)
     return evaluation
 
 
-def untrained_trials(trials: list[dict[str, Any]], families: Sequence[str], experiment: str) -> list[dict[str, Any]]:
+def untrained_trials(trials: list[TrialRecord], families: Sequence[str], experiment: str) -> list[TrialRecord]:
     """The best finished trial (by validation accuracy) of each family in ``families``."""
     chosen = []
     for family in dict.fromkeys(families):
-        best = next((t for t in trials if t["family"] == family), None)  # trials are ranked best first
+        best = next((t for t in trials if t.family == family), None)  # trials are ranked best first
         if best is None:
-            searched = ", ".join(sorted({t["family"] for t in trials})) or "none"
+            searched = ", ".join(sorted({t.family for t in trials})) or "none"
             raise PipelineError(
                 f"--untrained {family}: experiment {experiment!r} has no finished {family} trial "
                 f"(families with one: {searched})"
@@ -143,15 +150,15 @@ def untrained_trials(trials: list[dict[str, Any]], families: Sequence[str], expe
     return chosen
 
 
-def select_trials(trials: list[dict[str, Any]], top_k: int, per_family: bool) -> list[dict[str, Any]]:
+def select_trials(trials: list[TrialRecord], top_k: int, per_family: bool) -> list[TrialRecord]:
     """The first ``top_k`` of ``trials`` (best first) and, with ``per_family``, the best trial of
     every family that has none among them (by validation accuracy only: never the test split)."""
     chosen = trials[:top_k]
     if per_family:
-        families = {t["family"] for t in chosen}
+        families = {t.family for t in chosen}
         for trial in trials[top_k:]:
-            if trial["family"] not in families:
-                families.add(trial["family"])
+            if trial.family not in families:
+                families.add(trial.family)
                 chosen.append(trial)
     return chosen
 
@@ -162,7 +169,7 @@ def tasks_per_batch(spec: EpisodeSpec) -> int:
 
 
 def _evaluate_trial(
-    trial: dict[str, Any],
+    trial: TrialRecord,
     fresh: bool,
     test_split,
     config: Config,
@@ -171,21 +178,20 @@ def _evaluate_trial(
     record: EvaluationRecord,
     seconds: list[float],
     stream: TextIO | None,
-) -> dict[str, Any]:
+) -> ScoredModel:
     """One model's scores on every test setting, keeping those an earlier run left in ``record``.
 
     ``fresh``: score the network the trial started from (same spec and seed), not its checkpoint.
     ``seconds`` holds the scoring time of the models before it (for the slow-model warning).
     """
     test = config.episodes.test
-    keys = ("trial_id", "run_id", "family", "params", "hparams", "val_accuracy", "best_iteration", "checkpoint")
-    model = {**{k: trial[k] for k in keys}, "untrained": fresh}
-    results = record.earlier_results(model_key(model))
-    label = f"{trial['family']} trial {trial['trial_id']}{' (untrained)' if fresh else ''}"
+    unscored = ScoredModel.of(trial, fresh, results={}, seconds=None)
+    results = record.earlier_results(unscored.key)
+    label = f"{trial.family} trial {trial.trial_id}{' (untrained)' if fresh else ''}"
     if fresh:
         learner = untrained_learner(trial, config, device)
     else:
-        learner, _ = load_checkpoint(trial["checkpoint"], config, device)
+        learner, _ = load_checkpoint(str(trial.checkpoint), config, device)
     todo = []
     for ways, shots in test.settings():
         try:
@@ -196,7 +202,7 @@ def _evaluate_trial(
         if setting_key(ways, shots) not in results:
             todo.append((ways, shots))
     progress = ScoringProgress(
-        label, len(todo) * test.episodes, out, stream, seconds, slow_hint=_adaptation_hint(trial["hparams"])
+        label, len(todo) * test.episodes, out, stream, seconds, slow_hint=_adaptation_hint(trial.hparams)
     )
     for ways, shots in todo:
         spec = EpisodeSpec(ways, shots, test.query)
@@ -205,25 +211,23 @@ def _evaluate_trial(
         )
         counted = progress.count(episodes, lambda batch: batch.tasks)
         accuracy, ci95 = mean_ci95(episode_accuracies(learner, counted, device))
-        results[setting_key(ways, shots)] = {
-            "ways": ways, "shots": shots, "episodes": test.episodes, "accuracy": accuracy, "ci95": ci95
-        }
+        results[setting_key(ways, shots)] = SettingScore(ways, shots, test.episodes, accuracy, ci95)
         out(f"  {label} {setting_key(ways, shots)}: {accuracy:.4f} ± {ci95:.4f}")
     if todo:
         seconds.append(progress.elapsed)
     elif results:
         out(f"  {label}: scored by an earlier evaluate on the same episodes (kept)")
-    return {**model, "results": results, "seconds": round(progress.elapsed, 3) if todo else None}
+    return dataclasses.replace(unscored, results=results, seconds=round(progress.elapsed, 3) if todo else None)
 
 
-def untrained_learner(trial: dict[str, Any], config: Config, device):
+def untrained_learner(trial: TrialRecord, config: Config, device):
     """The network ``trial`` started from: its checkpoint's spec, initialised with its seed."""
-    checkpoint = storage.resolve(trial["checkpoint"], config.storage.endpoint_url)
+    checkpoint = storage.resolve(str(trial.checkpoint), config.storage.endpoint_url)
     spec = json.loads(checkpoint.child(SPEC_FILE).read_bytes())
-    return fresh_learner(spec, config.seed + trial["index"], device)
+    return fresh_learner(spec, config.seed + trial.index, device)
 
 
-def _adaptation_hint(hparams: dict[str, Any]) -> str:
+def _adaptation_hint(hparams: dict[str, object]) -> str:
     """The test-time adaptation settings of a family (its ``*steps`` hyperparameters), for warnings."""
     return ", ".join(f"{k} {v}" for k, v in sorted(hparams.items()) if k.endswith("steps"))
 
@@ -235,13 +239,13 @@ def load_checkpoint(uri: str, config: Config, device="cpu"):
         return load_learner(directory, device)
 
 
-def _metrics(model: dict[str, Any]) -> dict[str, float]:
+def _metrics(model: ScoredModel) -> dict[str, float]:
     """``test_acc_<W>w<S>s`` / ``test_ci95_...``; ``untrained_test_...`` for an untrained network."""
-    prefix = "untrained_" if model.get("untrained") else ""
+    prefix = "untrained_" if model.untrained else ""
     metrics = {}
-    for key, result in model["results"].items():
-        metrics[f"{prefix}test_acc_{key}"] = result["accuracy"]
-        metrics[f"{prefix}test_ci95_{key}"] = result["ci95"]
+    for key, result in model.results.items():
+        metrics[f"{prefix}test_acc_{key}"] = result.accuracy
+        metrics[f"{prefix}test_ci95_{key}"] = result.ci95
     return metrics
 
 
@@ -257,16 +261,16 @@ def _check_run_exists(client, run_id: str, config: Config) -> None:
         ) from None
 
 
-def _print_summary(evaluation: dict[str, Any], out: Out) -> None:
-    everything = evaluation["models"] + evaluation.get("untrained", [])
-    keys = list(dict.fromkeys(k for m in everything for k in m["results"]))
+def _print_summary(evaluation: Evaluation, out: Out) -> None:
+    everything = evaluation.models + evaluation.untrained
+    keys = list(dict.fromkeys(k for m in everything for k in m.results))
     rows = []
     for model in everything:
         cells = []
         for key in keys:
-            result = model["results"].get(key)
-            cells.append(f"{result['accuracy']:.4f} ± {result['ci95']:.4f}" if result else "skipped")
-        family = f"{model['family']} (untrained)" if model.get("untrained") else model["family"]
-        rows.append((model["trial_id"], family, "" if model.get("untrained") else model["val_accuracy"], *cells))
+            result = model.results.get(key)
+            cells.append(f"{result.accuracy:.4f} ± {result.ci95:.4f}" if result else "skipped")
+        family = f"{model.family} (untrained)" if model.untrained else model.family
+        rows.append((model.trial_id, family, "" if model.untrained else model.val_accuracy, *cells))
     out("\n" + format_table(("trial", "family", "val acc", *(f"test {k}" for k in keys)), rows))
-    out(f"winner: trial {evaluation['winner']} (chosen by {evaluation['selection']})")
+    out(f"winner: trial {evaluation.winner} (chosen by {evaluation.selection})")

@@ -15,18 +15,17 @@ without a comparison, saying so in the tags.
 from __future__ import annotations
 
 import datetime
-import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from learners.checkpoint import load_learner
 from pipeline import datasets, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
 from pipeline.evaluate import setting_key, tasks_per_batch
+from pipeline.records import RegisteredVersion
 from pipeline.register import ALIAS as CANDIDATE
 from pipeline.scoring import episode_accuracies, mean_ci95
 from tasks.episodes import EpisodeSpec
@@ -37,20 +36,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+    from learners.base import Learner
+
 CHAMPION = "champion"
 TAG_PREFIX = "promotion."
-
-
-@dataclass(frozen=True)
-class RegisteredVersion:
-    """A model version's number (MLflow returns it as int or str) and tags."""
-
-    number: str
-    tags: dict[str, str]
-
-    @classmethod
-    def of(cls, version: ModelVersion) -> RegisteredVersion:
-        return cls(str(version.version), dict(version.tags))
 
 
 @dataclass(frozen=True)
@@ -62,15 +51,8 @@ class Setting:
     shots: int
 
     @classmethod
-    def of(cls, name: str, version: RegisteredVersion) -> Setting:
-        tags = version.tags
-        missing = [k for k in ("dataset_fingerprint", "ways", "shots") if k not in tags]
-        if missing:
-            raise PipelineError(
-                f"model {name} version {version.number} lacks the tag(s) {', '.join(missing)}; "
-                "only versions registered by `learn2tune register` can be promoted"
-            )
-        return cls(tags["dataset_fingerprint"], int(tags["ways"]), int(tags["shots"]))
+    def of(cls, version: RegisteredVersion) -> Setting:
+        return cls(version.tags.dataset_fingerprint, version.tags.ways, version.tags.shots)
 
     def differences(self, other: Setting) -> list[str]:
         return [
@@ -95,8 +77,8 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
         out(f"{name} version {challenger.number} is already the champion; nothing to do")
         return {"name": name, "decision": "already champion", "champion": challenger.number}
 
-    setting = Setting.of(name, challenger)
-    differences = setting.differences(Setting.of(name, champion)) if champion is not None else []
+    setting = Setting.of(challenger)
+    differences = setting.differences(Setting.of(champion)) if champion is not None else []
     if champion is not None and differences and not force:  # differences need a champion
         raise PipelineError(
             f"cannot compare {name} version {challenger.number} with champion version {champion.number}: "
@@ -135,25 +117,31 @@ def _version(client: MlflowClient, name: str, version: str | None) -> Registered
     from mlflow.exceptions import MlflowException
 
     if version is None:
-        found = _alias_version(client, name, CANDIDATE)
-        if found is None:
+        candidate = _alias_version(client, name, CANDIDATE)
+        if candidate is None:
             raise PipelineError(
                 f"model {name!r} has no version with alias {CANDIDATE!r}; run `learn2tune register` first"
             )
-        return found
+        return candidate
     try:
-        return RegisteredVersion.of(client.get_model_version(name, str(version)))
+        found = client.get_model_version(name, str(version))
     except MlflowException:
         raise PipelineError(f"model {name!r} has no version {version}") from None
+    return _record_of(found)
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> RegisteredVersion | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return RegisteredVersion.of(client.get_model_version_by_alias(name, alias))
+        found = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+    return _record_of(found)
+
+
+def _record_of(version: ModelVersion) -> RegisteredVersion:
+    return RegisteredVersion.from_tags(version.name, version.version, version.tags)
 
 
 def _score(
@@ -181,28 +169,22 @@ def _score(
     device = pick_device(config.device)
     scores = {}
     for version in versions:
-        learner = _load_version_learner(client, config.tracking.uri, name, version.number, device)
+        learner = _load_version_learner(client, config.tracking.uri, version, device)
         scores[version.number] = episode_accuracies(learner, episodes, device)
     return scores
 
 
-def _load_version_learner(client: MlflowClient, uri: str, name: str, version: str, device):
-    """The learner inside a registered pyfunc version (its ``learner`` artifact directory)."""
-    import mlflow.artifacts
+def _load_version_learner(client: MlflowClient, tracking_uri: str, version: RegisteredVersion, device) -> Learner:
+    """The learner inside a registered version, loaded as the scoring server loads the model."""
     from mlflow.exceptions import MlflowException
 
-    from deploy.fewshot_model import LEARNER_ARTIFACT
+    from deploy.model_format import NotAFewShotModel, load_model_learner
 
-    source = client.get_model_version_download_uri(name, version)
-    with tempfile.TemporaryDirectory(prefix="learn2tune-promote-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{source.rstrip('/')}/artifacts/{LEARNER_ARTIFACT}", dst_path=tmp, tracking_uri=uri
-            )
-        except (MlflowException, OSError) as exc:
-            raise PipelineError(f"cannot read {name} version {version}'s learner from {source}: {exc}") from None
-        learner, _ = load_learner(path, device)
-    return learner
+    source = client.get_model_version_download_uri(version.name, version.number)
+    try:
+        return load_model_learner(source, tracking_uri, device)
+    except (MlflowException, OSError, NotAFewShotModel) as exc:
+        raise PipelineError(f"cannot read {version.model_uri()}'s learner from {source}: {exc}") from None
 
 
 def _record(
@@ -227,7 +209,7 @@ def _record(
     }
     if champion is not None:
         record["champion_version"] = champion.number
-        record["champion_dataset_fingerprint"] = champion.tags.get("dataset_fingerprint", "")
+        record["champion_dataset_fingerprint"] = champion.tags.dataset_fingerprint
     if champion_acc is not None:
         champion_mean, champion_ci = mean_ci95(champion_acc)
         difference, difference_ci = mean_ci95(challenger_acc - champion_acc)

@@ -14,7 +14,6 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from learners.registry import make_hparams
 from pipeline import datasets, tracking
@@ -23,6 +22,7 @@ from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, erro
 from pipeline.io import read_json, write_json_atomic
 from pipeline.plots import learning_curve
 from pipeline.ray_runtime import check_trial_resources, connect
+from pipeline.records import DatasetRef, MlflowRef, SearchResult, TrialRecord, ValEpisodes
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
@@ -39,7 +39,7 @@ LOST_TRIAL_NOTE = (
 )
 
 
-def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = False) -> dict[str, Any]:
+def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = False) -> SearchResult:
     """Run the sweep ``config`` describes (or finish an interrupted one); returns and writes the result."""
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
@@ -76,11 +76,11 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
             )
         trials = _finish_trials(grid, client, experiment_id, parent_run_id, config, attempts)
         result = _search_result(config, store.fingerprint, experiment_id, parent_run_id, trials)
-        write_json_atomic(experiment.child(RESULT_FILE), result)
+        write_json_atomic(experiment.child(RESULT_FILE), result.to_json())
         _log_on_parent(client, parent_run_id, result)
         _print_summary(result, out)
-        if not result["trials"] or all(t["error"] for t in result["trials"]):
-            raise SearchFailed(f"all {len(result['trials'])} trials failed; see the errors above")
+        if not result.trials or all(t.error for t in result.trials):
+            raise SearchFailed(f"all {len(result.trials)} trials failed; see the errors above")
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):  # Ctrl+C; SIGTERM, which Ray turns into SystemExit
@@ -243,7 +243,7 @@ def _trial_name(trial) -> str:
 
 def _finish_trials(
     grid, client, experiment_id: str, parent_run_id: str, config: Config, attempts: Mapping[str, int | None]
-) -> list[dict[str, Any]]:
+) -> list[TrialRecord]:
     """One record per trial; each child run gets its artifacts and a final status."""
     runs = tracking.child_runs(client, experiment_id, parent_run_id)
     experiment = config.experiment_location
@@ -252,41 +252,43 @@ def _finish_trials(
         trial_dir = experiment.at(result.path)
         trial_id = trial_dir.name.removeprefix("trial_")
         run = runs.get(trial_id)
-        record = _trial_record(result, trial_id, run.info.run_id if run else None, trial_dir, config)
-        record["failed_attempts"] = attempts.get(trial_id) or 0
-        _prune_checkpoints(trial_dir, keep={record["checkpoint"], record["final_checkpoint"]})
+        record = _trial_record(result, trial_id, run.info.run_id if run else None, trial_dir, config, attempts)
+        _prune_checkpoints(trial_dir, keep={record.checkpoint, record.final_checkpoint})
         if run is not None:
             _log_trial_artifacts(client, record, result, chance=1 / config.episodes.train.ways)
-            client.set_terminated(run.info.run_id, "FAILED" if record["error"] else "FINISHED")
+            client.set_terminated(run.info.run_id, "FAILED" if record.error else "FINISHED")
         trials.append(record)
-    for trial_id in runs.keys() - {t["trial_id"] for t in trials}:
+    for trial_id in runs.keys() - {t.trial_id for t in trials}:
         client.set_tag(runs[trial_id].info.run_id, "learn2tune.note", LOST_TRIAL_NOTE)
-    trials.sort(key=lambda t: (t["val_accuracy"] is None, -(t["val_accuracy"] or 0.0)))
+    trials.sort(key=lambda t: (t.val_accuracy is None, -(t.val_accuracy or 0.0)))
     return trials
 
 
-def _trial_record(result, trial_id: str, run_id: str | None, trial_dir: Location, config: Config) -> dict[str, Any]:
+def _trial_record(
+    result, trial_id: str, run_id: str | None, trial_dir: Location, config: Config, attempts: Mapping[str, int | None]
+) -> TrialRecord:
     """What evaluate needs of one trial; checkpoints as local paths or storage URIs."""
     family = result.config[FAMILY_KEY]
     params = trial_hparams(result.config, config.search.fixed)
     best = max(result.best_checkpoints or [], key=lambda pair: pair[1].get(METRIC, -1.0), default=None)
-    return {
-        "trial_id": trial_id,
-        "index": result.config[INDEX_KEY],
-        "run_id": run_id,
-        "family": family,
-        "params": params,  # searched and fixed; "hparams" adds the family's defaults
-        "hparams": dataclasses.asdict(make_hparams(family, params)),
-        "val_accuracy": best[1][METRIC] if best else None,
-        "best_iteration": best[1]["iteration"] if best else None,
-        "iterations": (result.metrics or {}).get("iteration", 0),
-        "checkpoint": trial_dir.at(best[0].path).uri if best else None,
-        "final_checkpoint": trial_dir.at(result.checkpoint.path).uri if result.checkpoint else None,
-        "error": error_reason(result.error) if result.error else None,
-        # where its last report came from (a restarted trial may have moved)
-        "node_id": (result.metrics or {}).get(NODE_KEY),
-        "device": (result.metrics or {}).get("device"),
-    }
+    metrics = result.metrics or {}
+    return TrialRecord(
+        trial_id=trial_id,
+        index=result.config[INDEX_KEY],
+        run_id=run_id,
+        family=family,
+        params=params,
+        hparams=dataclasses.asdict(make_hparams(family, params)),
+        val_accuracy=best[1][METRIC] if best else None,
+        best_iteration=best[1]["iteration"] if best else None,
+        iterations=metrics.get("iteration", 0),
+        checkpoint=trial_dir.at(best[0].path).uri if best else None,
+        final_checkpoint=trial_dir.at(result.checkpoint.path).uri if result.checkpoint else None,
+        error=error_reason(result.error) if result.error else None,
+        failed_attempts=attempts.get(trial_id) or 0,
+        node_id=metrics.get(NODE_KEY),
+        device=metrics.get("device"),
+    )
 
 
 def _prune_checkpoints(trial_dir: Location, keep: set[str | None]) -> None:
@@ -297,14 +299,14 @@ def _prune_checkpoints(trial_dir: Location, keep: set[str | None]) -> None:
             trial_dir.child(name).delete()
 
 
-def _log_trial_artifacts(client, record: dict[str, Any], result, chance: float) -> None:
-    run_id = record["run_id"]
-    client.log_dict(run_id, {k: v for k, v in record.items() if k != "run_id"}, "trial.json")
+def _log_trial_artifacts(client, record: TrialRecord, result, chance: float) -> None:
+    run_id = record.run_id
+    client.log_dict(run_id, {k: v for k, v in dataclasses.asdict(record).items() if k != "run_id"}, "trial.json")
     curves = {
         key: sorted({m.step: m.value for m in client.get_metric_history(run_id, key)}.items()) for key in CURVES
     }
     if any(curves.values()):
-        title = f"{record['family']} trial {record['trial_id']}"
+        title = f"{record.family} trial {record.trial_id}"
         client.log_figure(run_id, learning_curve(curves, title, chance), "learning_curve.png")
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as directory:  # downloaded first from an object store
@@ -312,68 +314,63 @@ def _log_trial_artifacts(client, record: dict[str, Any], result, chance: float) 
 
 
 def _search_result(
-    config: Config, fingerprint: str, experiment_id: str, parent_run_id: str, trials: list[dict[str, Any]]
-) -> dict[str, Any]:
+    config: Config, fingerprint: str, experiment_id: str, parent_run_id: str, trials: list[TrialRecord]
+) -> SearchResult:
     train = config.episodes.train
-    return {
-        "experiment": config.name,
-        "experiment_dir": str(config.experiment_location),
-        "metric": METRIC,
-        "dataset": {"dir": str(config.dataset_dir), "fingerprint": fingerprint},
-        "val_episodes": {
-            "ways": train.ways,
-            "shots": train.shots,
-            "query": train.query,
-            "episodes": config.episodes.val.episodes,
-            "seed": config.seed,
-        },
-        "mlflow": {
-            "tracking_uri": config.tracking.uri,
-            "experiment_id": experiment_id,
-            "parent_run_id": parent_run_id,
-        },
-        "trials": trials,
-    }
+    return SearchResult(
+        experiment=config.name,
+        experiment_dir=str(config.experiment_location),
+        metric=METRIC,
+        dataset=DatasetRef(dir=str(config.dataset_dir), fingerprint=fingerprint),
+        val_episodes=ValEpisodes(
+            ways=train.ways,
+            shots=train.shots,
+            query=train.query,
+            episodes=config.episodes.val.episodes,
+            seed=config.seed,
+        ),
+        mlflow=MlflowRef(tracking_uri=config.tracking.uri, experiment_id=experiment_id, parent_run_id=parent_run_id),
+        trials=trials,
+    )
 
 
-def _log_on_parent(client, parent_run_id: str, result: dict[str, Any]) -> None:
-    ranked = [t for t in result["trials"] if t["val_accuracy"] is not None]
-    failed = [t for t in result["trials"] if t["error"]]
-    tracking.log_metrics(client, parent_run_id, {"trials": len(result["trials"]), "failed_trials": len(failed)})
+def _log_on_parent(client, parent_run_id: str, result: SearchResult) -> None:
+    ranked = [(t, t.val_accuracy) for t in result.trials if t.val_accuracy is not None]
+    failed = [t for t in result.trials if t.error]
+    tracking.log_metrics(client, parent_run_id, {"trials": len(result.trials), "failed_trials": len(failed)})
     if failed:
         reasons = "\n".join(_failure_line(t) for t in failed)
         client.set_tag(parent_run_id, "failed_trials", reasons[: tracking.MAX_TAG_LENGTH])
-    for rank, trial in enumerate(ranked[:3], start=1):
-        tracking.log_metrics(client, parent_run_id, {f"best{rank}_val_accuracy": trial["val_accuracy"]})
-        client.set_tag(parent_run_id, f"best{rank}", f"{trial['family']} trial {trial['trial_id']} run {trial['run_id']}")
-    client.log_dict(parent_run_id, result, RESULT_FILE)
+    for rank, (trial, accuracy) in enumerate(ranked[:3], start=1):
+        tracking.log_metrics(client, parent_run_id, {f"best{rank}_val_accuracy": accuracy})
+        client.set_tag(parent_run_id, f"best{rank}", f"{trial.family} trial {trial.trial_id} run {trial.run_id}")
+    client.log_dict(parent_run_id, result.to_json(), RESULT_FILE)
 
 
-def _print_summary(result: dict[str, Any], out: Out) -> None:
+def _print_summary(result: SearchResult, out: Out) -> None:
     rows = [
         (
-            t["trial_id"],
-            t["family"],
-            format_params(t["params"]),
-            t["val_accuracy"],
-            t["best_iteration"],
-            t["iterations"],
-            "error" if t["error"] else "ok",
+            t.trial_id,
+            t.family,
+            format_params(t.params),
+            t.val_accuracy,
+            t.best_iteration,
+            t.iterations,
+            "error" if t.error else "ok",
         )
-        for t in result["trials"]
+        for t in result.trials
     ]
     headers = ("trial", "family", "params", "val acc", "best at", "iterations", "status")
     out("\n" + format_table(headers, rows))
-    errors = [t for t in result["trials"] if t["error"]]
+    errors = [t for t in result.trials if t.error]
     if errors:
-        out(f"\n{len(errors)} of {len(result['trials'])} trial(s) failed:")
+        out(f"\n{len(errors)} of {len(result.trials)} trial(s) failed:")
         for trial in errors:
             out(f"  {_failure_line(trial)}")
 
 
-def _failure_line(trial: Mapping[str, Any]) -> str:
-    attempts = trial["failed_attempts"]
-    return f"{trial['trial_id']} ({trial['family']}, {attempts} attempt(s)): {trial['error']}"
+def _failure_line(trial: TrialRecord) -> str:
+    return f"{trial.trial_id} ({trial.family}, {trial.failed_attempts} attempt(s)): {trial.error}"
 
 
 def _close_open_runs(client, experiment_id: str, parent_run_id: str, status: str) -> None:

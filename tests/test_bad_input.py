@@ -16,6 +16,7 @@ first (a damaged copy of the dataset is ``{tmp}/dataset``).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -129,6 +130,18 @@ def copy_over(dataset: Path, source: str, target: str) -> None:
 
 def delete(dataset: Path, name: str) -> None:
     (dataset / name).unlink()
+
+
+def edited_record(name: str, change: Callable[[dict], None]) -> Setup:
+    """``{tmp}/runs/tune/tiny/<name>``: the run's stage record, then ``change(record)``."""
+
+    def setup(tmp: Path, world: World) -> None:
+        record = json.loads((world.root / "runs" / "tune" / "tiny" / name).read_text())
+        change(record)
+        (tmp / "runs" / "tune" / "tiny").mkdir(parents=True)
+        (tmp / "runs" / "tune" / "tiny" / name).write_text(json.dumps(record))
+
+    return setup
 
 
 # ---------------------------------------------------------------- the table
@@ -430,6 +443,18 @@ MISTAKES = [
         "order-register-before-evaluate", "registers an experiment that was never evaluated",
         "learn2tune register {config} --experiment fresh",
         "experiment 'fresh' has not been evaluated; run `learn2tune evaluate` first",
+    ),
+    Mistake(
+        "record-unknown-version", "evaluates a search that another learn2tune version wrote",
+        "learn2tune evaluate {config} --set workdir={tmp}/runs",
+        "{tmp}/runs/tune/tiny/search_result.json: format_version 2 is not one this learn2tune reads (1)",
+        edited_record("search_result.json", lambda record: record.update(format_version=2)),
+    ),
+    Mistake(
+        "record-missing-field", "registers from an evaluation.json edited by hand, a field lost",
+        "learn2tune register {config} --set workdir={tmp}/runs",
+        "{tmp}/runs/tune/tiny/evaluation.json: field models[0].checkpoint is missing",
+        edited_record("evaluation.json", lambda record: record["models"][0].pop("checkpoint")),
     ),
     Mistake(
         "registry-invalid-name", "registers under a name with a space",

@@ -24,6 +24,7 @@ from learners.registry import family_names
 from pipeline import cli
 from pipeline.errors import ConfigError
 from pipeline.evaluate import select_trials
+from pipeline.records import TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "omniglot"
@@ -227,10 +228,17 @@ def test_a_missing_omniglot_directory_is_a_clear_error(tmp_path, capsys):
 
 
 def test_evaluate_takes_the_best_trial_of_every_family_when_asked():
-    trials = [{"family": f, "trial_id": i} for i, f in enumerate(["maml", "maml", "protonet", "reptile", "protonet"])]
-    assert [t["trial_id"] for t in select_trials(trials, 1, per_family=False)] == [0]
-    assert [t["trial_id"] for t in select_trials(trials, 1, per_family=True)] == [0, 2, 3]
-    assert [t["trial_id"] for t in select_trials(trials, 3, per_family=True)] == [0, 1, 2, 3]
+    families = ["maml", "maml", "protonet", "reptile", "protonet"]
+    trials = [
+        TrialRecord(
+            trial_id=str(i), index=i, run_id=f"run-{i}", family=f, params={}, hparams={}, val_accuracy=0.5,
+            best_iteration=1, iterations=1, checkpoint="ckpt", final_checkpoint="ckpt", error=None, failed_attempts=0,
+        )
+        for i, f in enumerate(families)
+    ]  # fmt: skip
+    assert [t.index for t in select_trials(trials, 1, per_family=False)] == [0]
+    assert [t.index for t in select_trials(trials, 1, per_family=True)] == [0, 2, 3]
+    assert [t.index for t in select_trials(trials, 3, per_family=True)] == [0, 1, 2, 3]
 
 
 @pytest.mark.omniglot

@@ -177,3 +177,8 @@ def test_serve_loads_the_registered_model_from_the_bucket_and_answers(driver: Dr
         assert all(abs(sum(p.probabilities.values()) - 1) < 1e-4 for p in predictions)
     finally:
         stop(process)
+
+
+def test_promote_reads_the_registered_model_back_through_the_server(driver: Driver):
+    output = driver.run("promote", str(driver.config))
+    assert "first champion: cluster@champion is version 1" in output, output

@@ -27,6 +27,7 @@ from pipeline import tracking
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.evaluate import untrained_learner
+from pipeline.records import DatasetRef, MlflowRef, SearchResult, TrialRecord, ValEpisodes
 from pipeline.scoring_progress import ScoringProgress
 from tasks.build import BuildSpec, build_dataset
 from tasks.episodes import EpisodeSpec
@@ -47,7 +48,7 @@ EPISODES = 400  # a second or more per model on a shared 2-core CPU: the signal 
 WIDTHS = (8, 8, 4)
 
 
-def _search_output(root: Path) -> tuple[Path, list[dict]]:
+def _search_output(root: Path) -> tuple[Path, list[TrialRecord]]:
     """The dataset, the three trials' checkpoints and runs, and search_result.json."""
     (root / "resume.yaml").write_text(CONFIG.format(root=root, episodes=EPISODES))
     config = load_config(root / "resume.yaml", cwd=root, environ={})
@@ -70,23 +71,27 @@ def _search_output(root: Path) -> tuple[Path, list[dict]]:
         checkpoint = root / "runs" / "tune" / "resume" / trial_id / "checkpoint_000000"
         save_learner(learner, checkpoint, {"iteration": 5})
         run_id = tracking.start_run(client, experiment_id, trial_id, {tracking.TRIAL_TAG: trial_id}, parent)
-        trials.append({
-            "trial_id": trial_id, "index": index, "run_id": run_id, "family": "protonet", "params": hparams,
-            "hparams": dataclasses.asdict(learner.hparams), "val_accuracy": 0.9 - 0.1 * index, "best_iteration": 5,
-            "checkpoint": str(checkpoint), "error": None,
-        })
-    result = {
-        "experiment": "resume",
-        "dataset": {"dir": str(config.dataset_dir), "fingerprint": manifest["fingerprint"]},
-        "mlflow": {"tracking_uri": config.tracking.uri, "experiment_id": experiment_id, "parent_run_id": parent},
-        "trials": trials,
-    }
-    (config.experiment_dir / "search_result.json").write_text(json.dumps(result))
+        trials.append(TrialRecord(
+            trial_id=trial_id, index=index, run_id=run_id, family="protonet", params=hparams,
+            hparams=dataclasses.asdict(learner.hparams), val_accuracy=0.9 - 0.1 * index, best_iteration=5,
+            iterations=5, checkpoint=str(checkpoint), final_checkpoint=str(checkpoint), error=None,
+            failed_attempts=0, node_id=None, device="cpu",
+        ))
+    result = SearchResult(
+        experiment="resume",
+        experiment_dir=str(config.experiment_dir),
+        metric="val_accuracy",
+        dataset=DatasetRef(dir=str(config.dataset_dir), fingerprint=manifest["fingerprint"]),
+        val_episodes=ValEpisodes(ways=3, shots=1, query=2, episodes=config.episodes.val.episodes, seed=config.seed),
+        mlflow=MlflowRef(tracking_uri=config.tracking.uri, experiment_id=experiment_id, parent_run_id=parent),
+        trials=trials,
+    )
+    (config.experiment_dir / "search_result.json").write_text(json.dumps(result.to_json()))
     return config.experiment_dir / "evaluation.json", trials
 
 
 @pytest.fixture(scope="module")
-def search_output(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
+def search_output(tmp_path_factory) -> tuple[Path, Path, list[TrialRecord]]:
     root = tmp_path_factory.mktemp("resume")
     return (root, *_search_output(root))
 
@@ -118,9 +123,9 @@ def test_interrupted_evaluate_keeps_the_first_model_and_a_rerun_scores_only_the_
     assert record["complete"] is False and [m["trial_id"] for m in record["models"]] == ["t0"], record
     first = record["models"][0]["results"]["3w1s"]
     client = tracking.make_client(f"sqlite:///{tmp_path}/mlflow.db")
-    metrics = client.get_run(trials[0]["run_id"]).data.metrics
+    metrics = client.get_run(trials[0].run_id).data.metrics
     assert metrics["test_acc_3w1s"] == pytest.approx(first["accuracy"])
-    assert "test_acc_3w1s" not in client.get_run(trials[1]["run_id"]).data.metrics
+    assert "test_acc_3w1s" not in client.get_run(trials[1].run_id).data.metrics
 
     assert main(["register", config_file]) == 2
     assert "unfinished evaluation (1 model(s) scored before it stopped)" in capsys.readouterr().err
@@ -134,12 +139,12 @@ def test_interrupted_evaluate_keeps_the_first_model_and_a_rerun_scores_only_the_
     assert record["complete"] is True and record["winner"] == "t0"
     assert [m["trial_id"] for m in record["models"]] == ["t0", "t1", "t2"]
     assert record["models"][0]["results"]["3w1s"] == first
-    assert len(client.get_metric_history(trials[0]["run_id"], "test_acc_3w1s")) == 1  # logged once
-    assert "test_acc_3w1s" in client.get_run(trials[2]["run_id"]).data.metrics
+    assert len(client.get_metric_history(trials[0].run_id, "test_acc_3w1s")) == 1  # logged once
+    assert "test_acc_3w1s" in client.get_run(trials[2].run_id).data.metrics
     (baseline,) = record["untrained"]
     assert baseline["trial_id"] == "t0" and baseline["untrained"] is True
     assert baseline["results"]["3w1s"]["accuracy"] != first["accuracy"]
-    untrained = client.get_run(trials[0]["run_id"]).data.metrics["untrained_test_acc_3w1s"]
+    untrained = client.get_run(trials[0].run_id).data.metrics["untrained_test_acc_3w1s"]
     assert untrained == pytest.approx(baseline["results"]["3w1s"]["accuracy"])
 
 
@@ -147,9 +152,9 @@ def test_untrained_network_is_the_one_the_trial_started_from(search_output):
     root, _, trials = search_output
     config = load_config(root / "resume.yaml", cwd=root, environ={})
     rebuilt = untrained_learner(trials[1], config, "cpu").state_dict()
-    checkpoint = load_learner(trials[1]["checkpoint"])[0].state_dict()  # trial 1 was saved untrained
+    checkpoint = load_learner(str(trials[1].checkpoint))[0].state_dict()  # trial 1 was saved untrained
     assert rebuilt.keys() == checkpoint.keys() and all(torch.equal(rebuilt[k], checkpoint[k]) for k in rebuilt)
-    trained = load_learner(trials[0]["checkpoint"])[0].state_dict()
+    trained = load_learner(str(trials[0].checkpoint))[0].state_dict()
     first = untrained_learner(trials[0], config, "cpu").state_dict()
     assert not all(torch.equal(first[k], trained[k]) for k in first)
 

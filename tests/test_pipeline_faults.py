@@ -82,7 +82,11 @@ def saved_trials(experiment_dir: Path) -> dict[str, tuple[str, bool]]:
 
     if not list(experiment_dir.glob("experiment_state-*.json")):
         return {}
-    return {t.trial_id: (t.status, t.checkpoint is not None) for t in ExperimentAnalysis(str(experiment_dir)).trials}
+    try:
+        trials = ExperimentAnalysis(str(experiment_dir)).trials
+    except ValueError:  # caught mid-write (json.JSONDecodeError is a ValueError): not saved yet
+        return {}
+    return {t.trial_id: (t.status, t.checkpoint is not None) for t in trials}
 
 
 def start_search(config: Path, log: Path) -> subprocess.Popen:
