@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=None, help="comma-separated STEPSxTASKS (default: 1x32,5x32)")
     parser.add_argument("--full", action="store_true", help="inner steps 1, 5, 10 x meta-batch 4, 16, 32")
     parser.add_argument("--orders", choices=("both", "second", "first"), default="both")
+    parser.add_argument("--profile", choices=PATHS, default=None, help="print the top ops of one meta-iteration by this path")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device here")
@@ -265,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     for first_order in orders:
         for steps, tasks in settings:
             results[first_order, steps, tasks] = run_setting(first_order, steps, tasks, paths, args.iters, device)
+    if args.profile:
+        steps, tasks = settings[0]
+        lrn, batch = learner(args.profile, orders[0], device, steps), random_batch(device, tasks=tasks)
+        lrn.meta_train_step(batch)  # warm-up
+        print(f"\ntop ops of one {args.profile} meta-iteration, {steps} inner step(s), meta-batch {tasks} (self CPU time):")
+        print(memory.top_ops(partial(lrn.meta_train_step, batch)))
     second = results.get((False, 5, 32))
     if second is not None and "split" in second:
         print(

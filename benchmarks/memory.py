@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.autograd.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from learners.peak_memory import peak_bytes
@@ -43,6 +44,14 @@ def flops(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def top_ops(fn: Callable[[], object], rows: int = 15) -> str:
+    """A table of the ops that take the most time in one call of ``fn`` (``torch.autograd.profiler``,
+    by self CPU time): what bounds a step's FLOP/s."""
+    with profile() as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def mib(nbytes: float) -> str:
