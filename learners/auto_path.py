@@ -67,9 +67,10 @@ class AutoPath:
 
     def choose(self, device: torch.device, run: RunPath) -> str:
         """On a GPU the fastest timed candidate (that fits), elsewhere the first that runs (and fits)."""
-        return self._fastest(device, run) if device.type == "cuda" else self._first(device, run)
+        return self.fastest(device, run) if device.type == "cuda" else self.first(device, run)
 
-    def _first(self, device: torch.device, run: RunPath) -> str:
+    def first(self, device: torch.device, run: RunPath) -> str:
+        """The first untimed candidate that runs (and, under a memory limit, fits)."""
         how = "first that runs, untimed off a GPU"
         for path in self.policy.untimed:
             if not _runs(self.family, path, run):
@@ -85,7 +86,8 @@ class AutoPath:
             raise RuntimeError(f"{self.family}: none of the paths {', '.join(self.policy.untimed)} runs here")
         return self._lowest_peak()
 
-    def _fastest(self, device: torch.device, run: RunPath) -> str:
+    def fastest(self, device: torch.device, run: RunPath) -> str:
+        """The fastest timed candidate (under a memory limit, the fastest that fits); applies nothing."""
         candidates = [path for path in self.policy.timed if _runs(self.family, path, run)]
         if not candidates:
             raise RuntimeError(f"{self.family}: none of the paths {', '.join(self.policy.timed)} runs here")

@@ -110,7 +110,7 @@ def test_auto_on_a_gpu_times_the_candidates_and_keeps_the_fastest():
     b = batch(dtype=torch.float32)
     before = [p.detach().clone() for p in learner.parameters()]
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
-        fastest = learner.paths._fastest(learner.device, lambda path: learner.compute(path, b))  # what a GPU runs
+        fastest = learner.paths.fastest(learner.device, lambda path: learner.compute(path, b))  # what a GPU runs
     assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters()))  # timing applies no update
     assert set(learner.paths.timings_ms) == {"split", "loop"}
     assert fastest == min(learner.paths.timings_ms, key=learner.paths.timings_ms.get)
