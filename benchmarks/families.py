@@ -17,16 +17,22 @@ Reptile has no public per-path meta-iteration, so two more reptile learners are 
 reptile (``"auto"``) picks its path during the warm-up and the ratio uses that choice.
 
 One warm-up call each, then ``--iters`` rounds in which every measurement runs once, in a
-rotating order (the CPU may be shared); medians are reported.
+rotating order (the CPU may be shared); medians are reported. Beside each family's time: the
+peak memory of one meta-iteration and its FLOP/s as a fraction of the same run's ``torch.mm``
+rate (:mod:`benchmarks.memory`). FLOPs are counted on a task-by-task run of the same step: for a
+family that chooses among paths, a twin learner with ``path="loop"`` (a ``vmap``-ed path's
+grouped convolutions would be over-counted).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from benchmarks import memory
 from benchmarks.maml import (
     IMAGE,
     QUERY,
@@ -36,9 +42,11 @@ from benchmarks.maml import (
     interleaved_medians,
     random_batch,
 )
+from learners.base import Learner
 from learners.checkpoint import build_learner
 from learners.registry import family_names
 from pipeline.cli import Parser
+from tasks.episodes import EpisodeBatch
 
 SPLIT_FAMILIES = ("maml", "fomaml", "metasgd")  # path fixed to "split": no torch.compile
 RATIO_FAMILIES = (*SPLIT_FAMILIES, "reptile")
@@ -49,6 +57,13 @@ def make(family: str, device: torch.device, **hparams: object):
     torch.manual_seed(0)  # the same initial weights whatever was built before
     spec = {"family": family, "hparams": hparams, "image_shape": list(IMAGE), "ways": WAYS}
     return build_learner(spec, device)
+
+
+def task_by_task(family: str, learner: Learner, batch: EpisodeBatch, device: torch.device) -> Callable[[], object]:
+    """The meta-iteration whose FLOPs are counted: the learner's own, or a ``path="loop"`` twin's
+    for a family that chooses among paths."""
+    twin = make(family, device, path="loop") if getattr(learner, "paths", None) is not None else learner
+    return partial(twin.meta_train_step, batch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,17 +99,25 @@ def main(argv: list[str] | None = None) -> int:
 
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)
+    peak = memory.peaks({f: methods[f] for f in families}, device)
+    flops = {f: memory.flops(task_by_task(f, learners[f], batch, device)) for f in families}
+    methods["matmul"] = memory.matmul(device)
     median = interleaved_medians(methods, args.iters, device)
+    rate = memory.matmul_flops_per_s(median["matmul"])
 
-    print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}")
+    print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}{'peak MiB':>10}{'GFLOP':>7}{'of mm':>7}")
     for f in families:
         note = ""
         if f in SPLIT_FAMILIES:
             note = f"  (path {MAML_FAST})"
-        elif getattr(learners[f], "chosen_path", None):
-            note = f"  (auto picked {learners[f].chosen_path})"
+        elif getattr(learners[f], "paths", None) is not None and learners[f].paths.chosen:
+            note = f"  (auto picked {learners[f].paths.chosen})"
         s = median[f]
-        print(f"{f:<12}{s * 1e3:>14.1f}{1 / s:>13.2f}{args.tasks / s:>12.1f}{note}")
+        print(
+            f"{f:<12}{s * 1e3:>14.1f}{1 / s:>13.2f}{args.tasks / s:>12.1f}{memory.mib(peak[f]):>10}"
+            f"{flops[f] / 1e9:>7.2f}{flops[f] / s / rate:>7.0%}{note}"
+        )
+    print(f"torch.mm {memory.MATMUL_SIZE}x{memory.MATMUL_SIZE} fp32: {rate / 1e9:.0f} GFLOP/s, same run")
 
     print("\nfast path vs task-by-task path, same learner, same run (ratio = fast time / loop time)")
     print(f"{'family':<12}{'measured':<24}{'fast':<7}{'fast ms':>9}{'loop ms':>9}{'ratio':>7}{'speed-up':>10}")
@@ -102,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if f not in learners:
             continue
         if f == "reptile":
-            fast, what = learners[f].chosen_path, "meta_train_step"
+            fast, what = learners[f].paths.chosen, "meta_train_step"
         else:
             fast, what = MAML_FAST, "compute (no optimizer)"
         fast_s, loop_s = median[f"{f}:{fast}"], median[f"{f}:loop"]

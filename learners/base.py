@@ -18,9 +18,6 @@ checkpoint resumes training exactly.
 from __future__ import annotations
 
 import abc
-import time
-import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -111,53 +108,6 @@ class Learner(nn.Module, abc.ABC):
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
-
-
-def first_path_that_runs(family: str, paths: Sequence[str], run: Callable[[str], object]) -> str:
-    """The first of ``paths`` that ``run`` completes, warning about each one that raises.
-
-    ``path="auto"`` chooses so off a GPU: untimed, hence the same choice on every run. The paths
-    agree only to rounding, so a timed choice could make two runs of one seed differ in the last digits.
-    """
-    for path in paths:
-        if _runs(family, path, run):
-            return path
-    raise RuntimeError(f"{family}: none of the paths {', '.join(paths)} runs here")
-
-
-def path_timings_ms(
-    family: str,
-    paths: Sequence[str],
-    run: Callable[[str], object],
-    device: torch.device,
-    timed_runs: int,
-    statistic: Callable[[list[float]], float],
-) -> dict[str, float]:
-    """Path -> milliseconds of ``run(path)``: each path that runs is warmed up once (compiling, if
-    it compiles; one that raises is skipped with a warning), then all are timed ``timed_runs`` times
-    interleaved and summarised by ``statistic``. What ``path="auto"`` picks from on a GPU."""
-    candidates = [path for path in paths if _runs(family, path, run)]
-    if not candidates:
-        raise RuntimeError(f"{family}: none of the paths {', '.join(paths)} runs here")
-    times: dict[str, list[float]] = {path: [] for path in candidates}
-    for _ in range(timed_runs):
-        for path in candidates:
-            synchronize(device)
-            start = time.perf_counter()
-            run(path)
-            synchronize(device)
-            times[path].append(time.perf_counter() - start)
-    return {path: statistic(seconds) * 1e3 for path, seconds in times.items()}
-
-
-def _runs(family: str, path: str, run: Callable[[str], object]) -> bool:
-    """Whether ``run(path)`` completes; a warning names the path and the error when it does not."""
-    try:
-        run(path)
-    except Exception as exc:  # a path this machine cannot run, e.g. torch.compile without a compiler
-        warnings.warn(f"{family}: skipping path {path!r} here ({type(exc).__name__}: {exc})", stacklevel=2)
-        return False
-    return True
 
 
 def synchronize(device: torch.device) -> None:

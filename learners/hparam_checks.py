@@ -39,3 +39,14 @@ def within(name: str, value: float, low: float, high: float) -> None:
     """``value`` must lie in ``[low, high]``."""
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def size_or_unset(name: str, value: str) -> None:
+    """``value`` must be empty (no limit) or a size such as ``2GiB``."""
+    from learners.peak_memory import parse_size
+
+    if value:
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None

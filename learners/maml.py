@@ -23,34 +23,39 @@ transductive (query logits depend on the task's other query images) and keeps no
 
 The meta-gradient has several equal formulations (:mod:`learners.meta_gradient`); the
 ``path`` hyperparameter picks one. ``"auto"`` decides on the first meta-batch (without applying
-anything) and keeps its choice for the life of the learner as ``chosen_path``: on a GPU it times
-the candidates and keeps the fastest (timings in ``path_timings_ms``); on a CPU it takes the
+anything) and keeps its choice for the life of the learner (:class:`~learners.auto_path.AutoPath`,
+``self.paths``): on a GPU it times the candidates and keeps the fastest; on a CPU it takes the
 first candidate that runs, untimed, because the formulations agree only to rounding and a timed
-choice would keep a CPU run from repeating to the last digit.
+choice would keep a CPU run from repeating to the last digit. ``memory_limit`` (e.g. ``"2GiB"``)
+makes it choose among the candidates whose peak memory on that batch fits.
+
+The inner update rule is a hook: :meth:`MAML.inner_learning_rate` gives the scalar ``inner_lr``;
+Meta-SGD (:mod:`learners.metasgd`) overrides it with learned per-parameter rates, and the
+meta-gradient with respect to them is applied by the same :meth:`MAML.meta_train_step`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from learners.auto_path import AutoPath, AutoPolicy
 from learners.backbone import DOWNSAMPLES, Downsample, Features, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
-from learners.hparam_checks import at_least, one_of, path_or_auto, positive
-from learners.meta_gradient import PATHS, MetaGradient, MetaStep
+from learners.base import BackboneHyperparams, Learner, episode_ways
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive, size_or_unset
+from learners.meta_gradient import PATHS, InnerLR, MetaGradient, MetaStep
+from learners.peak_memory import parse_size
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
-# Candidates of "auto", by device type. A GPU times every path. A CPU takes the first that runs,
-# in order of measured speed there (README, Benchmarks); the vmap-ed paths are left out, their
-# grouped convolutions measured 2-3x slower than a task loop on a CPU.
-AUTO_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "cpu": ("split-compiled", "split", "loop"),
-    "cuda": PATHS,
-}
-AUTO_TIMED_RUNS = 3  # timed runs per candidate after one warm-up (which includes any compilation)
+# Candidates of "auto". A GPU times every path (3 timed runs each after one warm-up, which includes
+# any compilation; the lowest time wins: on a shared machine load only ever adds time). A CPU takes
+# the first that runs, in order of measured speed there (README, Benchmarks); the vmap-ed paths are
+# left out, their grouped convolutions measured 2-3x slower than a task loop on a CPU.
+AUTO_POLICY = AutoPolicy(untimed=("split-compiled", "split", "loop"), timed=PATHS, timed_runs=3, statistic=min)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class MAMLHyperparams(BackboneHyperparams):
     test_inner_steps: int = 10
     downsample: Downsample = "stride"
     path: str = "auto"
+    memory_limit: str = ""  # e.g. "2GiB": "auto" then takes only a path whose peak memory fits; "": no limit
 
     def validate(self) -> None:
         super().validate()
@@ -72,6 +78,7 @@ class MAMLHyperparams(BackboneHyperparams):
         at_least("test_inner_steps", self.test_inner_steps, 1)
         one_of("downsample", self.downsample, DOWNSAMPLES)
         path_or_auto("path", self.path, PATHS)
+        size_or_unset("memory_limit", self.memory_limit)
 
 
 class MAML(Learner):
@@ -98,10 +105,14 @@ class MAML(Learner):
         self.net = adaptable_classifier(
             image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
         )
-        self.meta_gradient = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, self.first_order)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hparams.meta_lr)
-        self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path
-        self.path_timings_ms: dict[str, float] = {}
+        self.meta_gradient = MetaGradient(self.net, self.inner_learning_rate(), hparams.inner_steps, self.first_order)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.meta_lr)
+        limit = parse_size(hparams.memory_limit) if hparams.memory_limit else None
+        self.paths = AutoPath(self.family, hparams.path, AUTO_POLICY, limit)
+
+    def inner_learning_rate(self) -> InnerLR:
+        """The inner update's rate: the scalar ``inner_lr`` (Meta-SGD: learned, per parameter)."""
+        return self.hparams.inner_lr
 
     @property
     def first_order(self) -> bool:
@@ -109,11 +120,15 @@ class MAML(Learner):
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         self.check_ways(batch.ways)
-        if self.chosen_path is None:
-            self.chosen_path = self.choose_path(batch)
-        step = self.compute(self.chosen_path, batch)
+        path = self.paths.path(self.device, lambda path: self.compute(path, batch))
+        step = self.compute(path, batch)
         for name, param in self.net.named_parameters():
             param.grad = step.grads[name]
+        if step.lr_grads is not None:  # learned inner rates (Meta-SGD): the same Parameters, by name
+            rates = self.meta_gradient.inner_lr
+            assert isinstance(rates, Mapping)
+            for name, rate in rates.items():
+                rate.grad = step.lr_grads[name]
         self.optimizer.step()
         accuracy = (step.logits.argmax(-1) == batch.query_y).float().mean()
         return {"loss": step.losses.mean().item(), "accuracy": accuracy.item()}
@@ -122,25 +137,6 @@ class MAML(Learner):
         """The meta-gradient of ``batch`` by ``path``, without applying it."""
         params: dict[str, torch.Tensor] = dict(self.net.named_parameters())
         return self.meta_gradient(path, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-
-    def auto_candidates(self) -> tuple[str, ...]:
-        """The paths ``"auto"`` chooses from on this learner's device."""
-        return AUTO_CANDIDATES.get(self.device.type, ("loop", "split", "split-vmap"))
-
-    def choose_path(self, batch: EpisodeBatch) -> str:
-        """What ``"auto"`` runs: on a GPU the fastest candidate, elsewhere the first that runs."""
-        if self.device.type == "cuda":
-            return self.fastest_path(batch)
-        return first_path_that_runs(self.family, self.auto_candidates(), lambda path: self.compute(path, batch))
-
-    def fastest_path(self, batch: EpisodeBatch) -> str:
-        """The fastest candidate on ``batch``: each warmed up once (compiling, if it compiles), then
-        timed interleaved; the lowest time wins (on a shared machine, load only ever adds time).
-        Nothing is applied to the weights."""
-        self.path_timings_ms = path_timings_ms(
-            self.family, self.auto_candidates(), lambda path: self.compute(path, batch), self.device, AUTO_TIMED_RUNS, min
-        )
-        return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
 
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """Adapt on each task's support set (``test_inner_steps`` steps), then score its queries.

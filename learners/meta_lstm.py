@@ -50,16 +50,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from learners.auto_path import AutoPath, AutoPolicy
 from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
+from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.gradient_encoding import preprocess_gradients
 from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
 PATHS: tuple[str, ...] = ("loop", "vmap")
-CPU_AUTO: tuple[str, ...] = ("vmap", "loop")  # what "auto" runs on a CPU: the first that runs, untimed
-AUTO_TIMED_RUNS = 2
+# "auto": on a CPU the first of (vmap, loop) that runs, untimed; on a GPU the faster (median of 2 timed runs)
+AUTO_POLICY = AutoPolicy(untimed=("vmap", "loop"), timed=PATHS, timed_runs=2, statistic=statistics.median)
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,7 @@ class MetaLSTM(Learner):
         self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.meta_learner = MetaLearnerLSTM(hparams.hidden)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.meta_lr)
-        self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path
-        self.path_timings_ms: dict[str, float] = {}
+        self.paths = AutoPath(self.family, hparams.path, AUTO_POLICY)
         self._shapes = {name: p.shape for name, p in self.net.named_parameters()}
         self._task_grad = grad_and_value(self._loss)
 
@@ -182,9 +182,8 @@ class MetaLSTM(Learner):
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         self.check_ways(batch.ways)
-        if self.chosen_path is None:
-            self.chosen_path = self._choose_path(batch)
-        logits = self.query_logits(self.adapt(self.chosen_path, batch.support_x, batch.support_y), batch.query_x)
+        path = self.paths.path(self.device, lambda path: self._first_support_gradients(path, batch))
+        logits = self.query_logits(self.adapt(path, batch.support_x, batch.support_y), batch.query_x)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())  # equal-size tasks: the mean task loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,18 +193,10 @@ class MetaLSTM(Learner):
         accuracy = (logits.argmax(-1) == batch.query_y).float().mean()
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
-    def _choose_path(self, batch: EpisodeBatch) -> str:
-        """On a GPU the faster support-gradient layout on this batch (one warm-up each, then timed;
-        median); elsewhere the first of :data:`CPU_AUTO` that runs."""
+    def _first_support_gradients(self, path: str, batch: EpisodeBatch) -> object:
+        """What ``"auto"`` compares the layouts on: the support gradients at ``c_0`` of every task."""
         flat = self.initial().detach().expand(batch.tasks, -1)
-
-        def run(path: str) -> object:
-            return self.support_gradients(path, flat, batch.support_x, batch.support_y)
-
-        if self.device.type != "cuda":
-            return first_path_that_runs(self.family, CPU_AUTO, run)
-        self.path_timings_ms = path_timings_ms(self.family, PATHS, run, self.device, AUTO_TIMED_RUNS, statistics.median)
-        return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
+        return self.support_gradients(path, flat, batch.support_x, batch.support_y)
 
     def predict_path(self) -> str:
         """The path ``predict`` uses: fixed per learner, so predictions do not depend on timings."""

@@ -12,9 +12,12 @@ Choices made:
 - ``α`` starts uniformly at random in ``[alpha_low, alpha_high]`` (the paper: ``[0.005, 0.1]``);
   ``alpha_low == alpha_high`` gives a constant start. ``α`` is not constrained to stay positive
   (the paper does not constrain it: a negative coordinate is a learned step direction).
-- The meta-gradient is second order (through the inner step) unless ``first_order``; it is
-  computed by MAML's own :class:`~learners.meta_gradient.MetaGradient` with the per-parameter
-  rate, so every MAML path (``loop``, ``vmap``, ``split``, ...) and MAML's ``"auto"`` choice apply.
+- Meta-SGD is MAML with one hook overridden: :meth:`MetaSGD.inner_learning_rate` supplies ``α``
+  instead of the scalar ``inner_lr``. The meta-gradient is second order (through the inner step)
+  unless ``first_order``; MAML's own :class:`~learners.meta_gradient.MetaGradient` computes it with
+  the per-parameter rate, also ``∂L_q/∂α``, which MAML's ``meta_train_step`` applies to ``α``; so
+  every MAML path (``loop``, ``vmap``, ``split``, ...), MAML's ``"auto"`` choice and its
+  ``memory_limit`` apply.
 - The network is MAML's (Li et al. use Finn's): Conv-4 (stride-2 by default) plus a ``ways``-way
   linear head on :func:`~learners.maml.finn_features`; batch-norm
   uses batch statistics at training and test time (transductive, like Finn's MAML).
@@ -28,13 +31,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner
-from learners.hparam_checks import at_least, one_of, path_or_auto, positive
-from learners.maml import MAML, finn_features
-from learners.meta_gradient import PATHS, MetaGradient
+from learners.backbone import DOWNSAMPLES, Downsample
+from learners.base import BackboneHyperparams
+from learners.hparam_checks import at_least, one_of, path_or_auto, positive, size_or_unset
+from learners.maml import MAML
+from learners.meta_gradient import PATHS, InnerLR
 from learners.space import Choice, Float, Int
-from tasks.episodes import EpisodeBatch
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class MetaSGDHyperparams(BackboneHyperparams):
     first_order: bool = False
     downsample: Downsample = "stride"
     path: str = "auto"
+    memory_limit: str = ""  # as MAML's
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +61,7 @@ class MetaSGDHyperparams(BackboneHyperparams):
         at_least("test_inner_steps", self.test_inner_steps, 1)
         one_of("downsample", self.downsample, DOWNSAMPLES)
         path_or_auto("path", self.path, PATHS)
+        size_or_unset("memory_limit", self.memory_limit)
 
 
 class MetaSGD(MAML):
@@ -75,39 +79,12 @@ class MetaSGD(MAML):
         "depth": Int(2, 4),
     }
 
-    def __init__(self, hparams: MetaSGDHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
-        Learner.__init__(self, hparams, image_shape, ways)  # MAML's own __init__ wants a scalar inner_lr
-        self.net = adaptable_classifier(
-            image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
-        )
+    def inner_learning_rate(self) -> InnerLR:
+        """``α``: one learned tensor per parameter tensor, in the order of ``net.named_parameters()``
+        (a ParameterList: parameter names contain dots, which a ParameterDict refuses); returned by
+        name, the same Parameter objects, which the meta-optimizer updates in place."""
+        low, high = self.hparams.alpha_low, self.hparams.alpha_high  # checked by MetaSGDHyperparams
+        self.alpha = nn.ParameterList(nn.Parameter(torch.empty_like(p).uniform_(low, high)) for p in self.net.parameters())
         names = [name for name, _ in self.net.named_parameters()]
-        # One α per parameter tensor, in the order of ``net.named_parameters()`` (parameter names
-        # contain dots, which a ParameterDict refuses).
-        self.alpha = nn.ParameterList(
-            nn.Parameter(torch.empty_like(p).uniform_(hparams.alpha_low, hparams.alpha_high)) for p in self.net.parameters()
-        )
-        self.alpha_by_name = dict(zip(names, self.alpha, strict=True))  # the same Parameter objects, by name
-        self.meta_gradient = MetaGradient(self.net, self.alpha_by_name, hparams.inner_steps, hparams.first_order)
-        self.optimizer = torch.optim.Adam([*self.net.parameters(), *self.alpha], lr=hparams.meta_lr)
-        self.chosen_path = None if hparams.path == "auto" else hparams.path
-        self.path_timings_ms = {}
+        return dict(zip(names, self.alpha, strict=True))
 
-    @property
-    def first_order(self) -> bool:
-        return self.hparams.first_order
-
-    def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
-        self.check_ways(batch.ways)
-        if self.chosen_path is None:
-            self.chosen_path = self.choose_path(batch)
-        step = self.compute(self.chosen_path, batch)
-        for name, param in self.net.named_parameters():
-            param.grad = step.grads[name]
-        assert step.lr_grads is not None, "a MetaGradient built with per-parameter rates returns their gradients"
-        for name, alpha in self.alpha_by_name.items():
-            alpha.grad = step.lr_grads[name]
-        self.optimizer.step()
-        accuracy = (step.logits.argmax(-1) == batch.query_y).float().mean()
-        return {"loss": step.losses.mean().item(), "accuracy": accuracy.item()}
-
-    # ``compute``, ``choose_path`` and ``predict`` are MAML's: the meta-gradient object carries α.

@@ -43,19 +43,20 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from learners.auto_path import AutoPath, AutoPolicy
 from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
-from learners.base import BackboneHyperparams, Learner, episode_ways, first_path_that_runs, path_timings_ms
+from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.hparam_checks import at_least, one_of, path_or_auto, positive
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
 PATHS: tuple[str, ...] = ("loop", "vmap")
-CPU_AUTO: tuple[str, ...] = ("vmap", "loop")  # what "auto" runs on a CPU: the first that runs, untimed
+# "auto": on a CPU the first of (vmap, loop) that runs, untimed; on a GPU the faster (median of 2 timed runs)
+AUTO_POLICY = AutoPolicy(untimed=("vmap", "loop"), timed=PATHS, timed_runs=2, statistic=statistics.median)
 INNER_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 ADAM_BETAS = (0.0, 0.999)  # β1 = 0 as in Nichol et al.'s experiments
 ADAM_EPS = 1e-8
-AUTO_TIMED_RUNS = 2
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,7 @@ class Reptile(Learner):
         self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
         self.inner = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, first_order=True)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hparams.outer_lr)
-        self.chosen_path: str | None = None if hparams.path == "auto" else hparams.path
-        self.path_timings_ms: dict[str, float] = {}
+        self.paths = AutoPath(self.family, hparams.path, AUTO_POLICY)
         self._task_grad = grad_and_value(self.inner.loss, has_aux=True)
 
     # --- meta-training -------------------------------------------------------------------------
@@ -131,9 +131,8 @@ class Reptile(Learner):
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         self.check_ways(batch.ways)
         order = self.inner_order(batch)
-        if self.chosen_path is None:
-            self.chosen_path = self._choose_path(batch, order)
-        phi, losses, accuracies = self.adapted(self.chosen_path, batch, order)
+        path = self.paths.path(self.device, lambda path: self.adapted(path, batch, order))
+        phi, losses, accuracies = self.adapted(path, batch, order)
         for name, param in self.net.named_parameters():
             param.grad = param.detach() - phi[name].mean(0)  # θ - ε·(θ - mean φ) = θ + ε·(mean φ - θ)
         self.optimizer.step()
@@ -173,16 +172,6 @@ class Reptile(Learner):
         lr = self.hparams.inner_lr
         params = {k: p - lr * (m[k] / c1) / ((v[k] / c2).sqrt() + ADAM_EPS) for k, p in params.items()}
         return params, m, v
-
-    def _choose_path(self, batch: EpisodeBatch, order: torch.Tensor) -> str:
-        """On a GPU the faster of :data:`PATHS` on this batch (one warm-up, then interleaved timed runs;
-        median); elsewhere the first of :data:`CPU_AUTO` that runs."""
-        if self.device.type != "cuda":
-            return first_path_that_runs(self.family, CPU_AUTO, lambda path: self.adapted(path, batch, order))
-        self.path_timings_ms = path_timings_ms(
-            self.family, PATHS, lambda path: self.adapted(path, batch, order), self.device, AUTO_TIMED_RUNS, statistics.median
-        )
-        return min(self.path_timings_ms, key=self.path_timings_ms.__getitem__)
 
     # --- meta-testing --------------------------------------------------------------------------
 

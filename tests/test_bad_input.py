@@ -545,6 +545,11 @@ MISTAKES = [
         "learn2tune bench fomaml-reference --data {tmp}",
         "no Omniglot in {tmp}: expected images_background.zip and images_evaluation.zip; pass --data DIR",
     ),
+    Mistake(
+        "bench-maml-bad-settings", "asks the MAML benchmark for a setting that is not STEPSxTASKS",
+        "learn2tune bench maml --settings 5by32",
+        "--settings: expected STEPSxTASKS items such as 5x32, got '5by32'",
+    ),
 ]  # fmt: skip
 
 

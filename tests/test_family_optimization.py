@@ -197,7 +197,7 @@ def test_metasgd_with_constant_alpha_has_mamls_meta_gradient(path, inner_steps):
 def test_metasgd_alpha_gradient_matches_explicit_autograd(path, first_order):
     learner = _small(MetaSGD, "metasgd", inner_steps=2, first_order=first_order, path="loop")
     b = _episode()
-    params, alpha = dict(learner.net.named_parameters()), learner.alpha_by_name
+    params, alpha = dict(learner.net.named_parameters()), dict(learner.meta_gradient.inner_lr)
     total = {k: torch.zeros_like(a) for k, a in alpha.items()}
     for sx, sy, qx, qy in zip(b.support_x, b.support_y, b.query_x, b.query_y, strict=True):
         fast = params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -9,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from learners.auto_path import AutoPath, AutoPolicy
 from learners.maml import FOMAML, MAML
 from learners.meta_gradient import PATHS
+from learners.peak_memory import peak_bytes
 from learners.registry import get_family, make_hparams
 from tasks.episodes import EpisodeBatch
 
@@ -100,35 +103,55 @@ def test_training_reduces_loss_on_a_fixed_batch(family):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-class TwoPaths(MAML):
-    """MAML whose "auto" chooses between an unknown path (which raises) and the two cheap ones."""
+TWO_PATHS = AutoPolicy(untimed=("nope", "split", "loop"), timed=("nope", "split", "loop"), timed_runs=3, statistic=min)
 
-    def auto_candidates(self):
-        return ("nope", "split", "loop")
+
+def two_paths(**hparams) -> MAML:
+    """MAML whose "auto" chooses between an unknown path (which raises) and the two cheap ones."""
+    learner = make(path="auto", **hparams)
+    learner.paths = AutoPath("maml", "auto", TWO_PATHS, learner.paths.memory_limit)
+    return learner
 
 
 def test_auto_on_a_gpu_times_the_candidates_and_keeps_the_fastest():
-    torch.manual_seed(0)
-    learner = TwoPaths(make_hparams("maml", {"width": 6, "depth": 2}), SHAPE, 3)
+    learner = two_paths()
+    b = batch(dtype=torch.float32)
     before = [p.detach().clone() for p in learner.parameters()]
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
-        fastest = learner.fastest_path(batch(dtype=torch.float32))  # what choose_path runs on a GPU
+        fastest = learner.paths.fastest(learner.device, lambda path: learner.compute(path, b))  # what a GPU runs
     assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters(), strict=True))  # timing applies no update
-    assert set(learner.path_timings_ms) == {"split", "loop"}
-    assert fastest == min(learner.path_timings_ms, key=lambda path: learner.path_timings_ms[path])
+    assert set(learner.paths.timings_ms) == {"split", "loop"}
+    assert fastest == min(learner.paths.timings_ms, key=lambda path: learner.paths.timings_ms[path])
+    assert f"path {fastest!r} (auto: fastest on a GPU; ms " in learner.paths.reason
 
 
 def test_auto_on_a_cpu_takes_the_first_candidate_that_runs_untimed():
-    torch.manual_seed(0)
-    learner = TwoPaths(make_hparams("maml", {"width": 6, "depth": 2}), SHAPE, 3)
+    learner = two_paths()
     before = [p.detach().clone() for p in learner.parameters()]
     b = batch(dtype=torch.float32)
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
-        assert learner.choose_path(b) == "split"
+        assert learner.paths.choose(learner.device, lambda path: learner.compute(path, b)) == "split"
     assert all(torch.equal(p, q) for p, q in zip(before, learner.parameters(), strict=True))
+    learner.paths.chosen = None
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
         learner.meta_train_step(b)
-    assert learner.chosen_path == "split" and learner.path_timings_ms == {}
+    assert learner.paths.chosen == "split" and learner.paths.timings_ms == {} and learner.paths.peaks == {}
+
+
+def test_a_memory_limit_makes_auto_take_the_first_path_that_fits():
+    b = batch(tasks=4, dtype=torch.float32)
+    reference = make()
+    split, loop = (peak_bytes(functools.partial(reference.compute, path, b), torch.device("cpu")) for path in ("split", "loop"))
+    assert split > loop > 0  # at 4 tasks: split holds every task's inner trajectory at once, the loop one task's graph
+    learner = two_paths(memory_limit=f"{(split + loop) // 2}B")
+    with pytest.warns(UserWarning, match="skipping path 'nope'"):
+        learner.meta_train_step(b)
+    assert learner.paths.chosen == "loop" and learner.paths.peaks == {"split": split, "loop": loop}
+    assert learner.paths.reason.startswith("maml: path 'loop' (auto: first that runs, untimed off a GPU within memory_limit")
+    tight = two_paths(memory_limit="1KiB")
+    with pytest.warns(UserWarning, match="no path fits memory_limit 0.0 MiB"):
+        tight.meta_train_step(b)
+    assert tight.paths.chosen == "loop"  # the lowest peak
 
 
 def test_refuses_a_different_number_of_ways():
@@ -161,6 +184,8 @@ def test_rejects_bad_hyperparameters():
         make(path="fastest")
     with pytest.raises(ValueError, match="inner_steps"):
         make(inner_steps=0)
+    with pytest.raises(ValueError, match="memory_limit: expected a size such as 2GiB"):
+        make(memory_limit="2 parsecs")
 
 
 @pytest.mark.parametrize("family", ["maml", "fomaml", "metasgd"])
