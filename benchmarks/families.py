@@ -16,6 +16,11 @@ Reptile has no public per-path meta-iteration, so two more reptile learners are 
 ``path`` fixed to ``loop`` and to ``vmap`` and their ``meta_train_step`` is timed; the default
 reptile (``"auto"``) picks its path during the warm-up and the ratio uses that choice.
 
+For protonet, matching, relation and siamese the learner's step is set against a plain PyTorch
+loop of the same math (:mod:`benchmarks.metric_plain`: one task at a time, broadcast distances,
+textbook layout) on a copy with the same weights, and each step's achieved FLOP/s is given as a
+fraction of a ``torch.mm`` timed in the same rotation (:mod:`benchmarks.flops`).
+
 One warm-up call each, then ``--iters`` rounds in which every measurement runs once, in a
 rotating order (the CPU may be shared); medians are reported.
 """
@@ -26,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.flops import MATMUL_SIZE, count_flops, fraction_of_matmul, matmul_reference
 from benchmarks.maml import (
     IMAGE,
     QUERY,
@@ -35,6 +41,7 @@ from benchmarks.maml import (
     interleaved_medians,
     random_batch,
 )
+from benchmarks.metric_plain import PLAIN_FAMILIES, plain_learner, plain_step
 from learners.checkpoint import build_learner
 from learners.registry import family_names
 from pipeline.cli import Parser
@@ -55,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per measurement (default 3)")
     parser.add_argument("--tasks", type=int, default=8, help="tasks per meta-batch (default 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--families", default=None, help="comma-separated families to time (default: all registered)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device here")
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     batch = random_batch(device, tasks=args.tasks)
     families = family_names()
+    if args.families:
+        unknown = sorted(set(args.families.split(",")) - set(families))
+        if unknown:
+            parser.error(f"unknown families {', '.join(unknown)}; choose from {', '.join(families)}")
+        families = [f for f in families if f in args.families.split(",")]
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
     methods: dict[str, Callable[[], object]] = {f: (lambda lrn=lrn: lrn.meta_train_step(batch)) for f, lrn in learners.items()}
     for f in SPLIT_FAMILIES:
@@ -81,8 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         for path in ("loop", "vmap"):
             methods[f"reptile:{path}"] = lambda lrn=make("reptile", device, path=path): lrn.meta_train_step(batch)
 
+    metric = [f for f in families if f in PLAIN_FAMILIES]
+    for f in metric:
+        methods[f"{f}:plain"] = lambda plain=plain_learner(learners[f]): plain_step(plain, batch)
+    if metric:
+        methods["matmul"] = matmul_reference(device)
+
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)
+    flops = {f: count_flops(methods[f]) for f in metric}
     median = interleaved_medians(methods, args.iters, device)
 
     print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}")
@@ -95,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         s = median[f]
         print(f"{f:<12}{s * 1e3:>14.1f}{1 / s:>13.2f}{args.tasks / s:>12.1f}{note}")
 
+    if metric:
+        print_metric_rows(metric, median, flops)
+    if not any(f in learners for f in RATIO_FAMILIES):
+        return 0
     print("\nfast path vs task-by-task path, same learner, same run (ratio = fast time / loop time)")
     print(f"{'family':<12}{'measured':<24}{'fast':<7}{'fast ms':>9}{'loop ms':>9}{'ratio':>7}{'speed-up':>10}")
     for f in RATIO_FAMILIES:
@@ -107,6 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         fast_s, loop_s = median[f"{f}:{fast}"], median[f"{f}:loop"]
         print(f"{f:<12}{what:<24}{fast:<7}{fast_s * 1e3:>9.1f}{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x")
     return 0
+
+
+def print_metric_rows(metric: list[str], median: dict[str, float], flops: dict[str, int]) -> None:
+    """Each metric family's step against its plain loop, and its FLOP/s against ``torch.mm``'s."""
+    matmul = median["matmul"]
+    print(
+        f"\nmetric families: learner step vs plain per-task loop (benchmarks/metric_plain.py), same weights, same run; "
+        f"FLOP/s as a fraction of torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32 ({2 * MATMUL_SIZE**3 / matmul / 1e9:.0f} GFLOP/s here)"
+    )
+    print(f"{'family':<12}{'step ms':>9}{'plain ms':>10}{'speed-up':>10}{'GFLOP/iter':>12}{'GFLOP/s':>9}{'of mm':>7}")
+    for f in metric:
+        fast_s, plain_s = median[f], median[f"{f}:plain"]
+        fraction = fraction_of_matmul(flops[f], fast_s, matmul)
+        print(
+            f"{f:<12}{fast_s * 1e3:>9.1f}{plain_s * 1e3:>10.1f}{plain_s / fast_s:>9.2f}x"
+            f"{flops[f] / 1e9:>12.2f}{flops[f] / fast_s / 1e9:>9.1f}{fraction:>7.0%}"
+        )
 
 
 if __name__ == "__main__":
