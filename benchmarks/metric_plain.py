@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,9 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 TaskLoss = Callable[[Learner, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def protonet_task(learner: ProtoNet, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int) -> torch.Tensor:
+def protonet_task(
+    learner: ProtoNet, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int
+) -> torch.Tensor:
     z = learner.encoder(torch.cat([sx, qx]))
     support, query = z[: len(sx)], z[len(sx) :]
     prototypes = support.reshape(ways, -1, support.shape[-1]).mean(1)
@@ -45,10 +47,12 @@ def protonet_task(learner: ProtoNet, sx: torch.Tensor, sy: torch.Tensor, qx: tor
     return F.cross_entropy(logits, qy)
 
 
-def matching_task(learner: Matching, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int) -> torch.Tensor:
+def matching_task(
+    learner: Matching, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int
+) -> torch.Tensor:
     z = learner.encoder(torch.cat([sx, qx]))
     support, query = z[: len(sx)], z[len(sx) :]
-    if learner.hparams.fce:
+    if learner.support_context is not None and learner.query_context is not None:  # fce
         support = learner.support_context(support[None])[0]
         query = learner.query_context(query[None], support[None])[0]
     cosine = F.cosine_similarity(query[:, None], support[None], dim=-1, eps=1e-12)
@@ -56,7 +60,9 @@ def matching_task(learner: Matching, sx: torch.Tensor, sy: torch.Tensor, qx: tor
     return F.nll_loss(probabilities.log(), qy)
 
 
-def relation_task(learner: Relation, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int) -> torch.Tensor:
+def relation_task(
+    learner: Relation, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int
+) -> torch.Tensor:
     z = learner.encoder(torch.cat([sx, qx]))
     support, query = z[: len(sx)], z[len(sx) :]
     classes = support.reshape(ways, -1, *support.shape[1:]).sum(1)
@@ -64,7 +70,9 @@ def relation_task(learner: Relation, sx: torch.Tensor, sy: torch.Tensor, qx: tor
     return F.mse_loss(torch.sigmoid(logits), F.one_hot(qy, ways).to(logits.dtype))
 
 
-def siamese_task(learner: Siamese, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int) -> torch.Tensor:
+def siamese_task(
+    learner: Siamese, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor, ways: int
+) -> torch.Tensor:
     z = learner.twin(torch.cat([sx, qx]))
     labels = torch.cat([sy, qy])
     logits = learner.head(z[:, None], z[None])  # weighted L1 of every [M, M] difference
@@ -88,14 +96,15 @@ def plain_learner(learner: ModuleT) -> ModuleT:
     """A copy of ``learner`` (weights and, for a learner, its optimizer) laid out as the papers' code is: contiguous
     (NCHW) convolution weights and every ``MaxPool2d, ReLU`` pair back in the order ``ReLU, MaxPool2d``."""
     plain = copy.deepcopy(learner)
-    plain.to(memory_format=torch.contiguous_format)
+    plain.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # missing from torch's stub
     for sequence in plain.modules():
         if not isinstance(sequence, nn.Sequential):
             continue
         names = list(sequence._modules)
         for first, second in zip(names, names[1:], strict=False):
-            if isinstance(sequence._modules[first], nn.MaxPool2d) and isinstance(sequence._modules[second], nn.ReLU):
-                sequence._modules[first], sequence._modules[second] = sequence._modules[second], sequence._modules[first]
+            pool, relu = sequence._modules[first], sequence._modules[second]
+            if isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU):
+                sequence._modules[first], sequence._modules[second] = relu, pool
     return plain
 
 
@@ -108,10 +117,11 @@ def plain_loss(learner: Learner, batch: EpisodeBatch) -> torch.Tensor:
 
 def plain_step(learner: Learner, batch: EpisodeBatch) -> float:
     """One meta-update the plain way: the loop's loss, one backward, one step of the learner's Adam."""
+    optimizer = cast(torch.optim.Optimizer, learner.optimizer)
     learner.train()
     loss = plain_loss(learner, batch)
-    learner.optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    learner.optimizer.step()
+    optimizer.step()
     return loss.item()
 

@@ -108,7 +108,7 @@ def channels_last(module: nn.Module) -> None:
     """Store ``module``'s convolution weights channels-last (NHWC), so its convolutions, batch-norms
     and pools run on NHWC activations: measured faster on a CPU for every metric family's step
     (docs/metric-speed.md), the same numbers up to float rounding. ``.to(device)`` keeps the layout."""
-    module.to(memory_format=torch.channels_last)
+    module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # a documented keyword torch's stub lacks
 
 
 def embed_tasks(net: nn.Module, *sets: torch.Tensor) -> list[torch.Tensor]:

@@ -56,7 +56,10 @@ class RelationHyperparams(BackboneHyperparams):
 
 
 def _block(channels_in: int, channels_out: int, pool: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels_out),
+    ]
     layers += [nn.MaxPool2d(2), nn.ReLU()] if pool else [nn.ReLU()]  # pool, then ReLU: exact, as in Conv4
     return nn.Sequential(*layers)
 

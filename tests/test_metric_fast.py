@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.metric_plain import PLAIN_FAMILIES, plain_learner, plain_loss, plain_step
+from benchmarks.metric_plain import plain_learner, plain_loss, plain_step
 from learners.backbone import Conv4
 from learners.base import Learner
 from learners.checkpoint import build_learner
+from learners.metric import EpisodeLossLearner
 from learners.protonet import ProtoNet
 from tasks.episodes import EpisodeBatch
 
@@ -28,10 +31,19 @@ VARIANTS = [
 ]
 
 
+def variant_id(value: object) -> str:
+    return value if isinstance(value, str) else "-".join(map(str, value.values()))  # type: ignore[attr-defined]
+
+
 def batch(tasks: int, shots: int = 2, query: int = 2, seed: int = 0) -> EpisodeBatch:
     gen = torch.Generator().manual_seed(seed)
-    labels = lambda n: torch.arange(WAYS).repeat_interleave(n).expand(tasks, -1).contiguous()  # noqa: E731
-    images = lambda n: torch.rand(tasks, WAYS * n, *SHAPE, generator=gen)  # noqa: E731
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.arange(WAYS).repeat_interleave(n).expand(tasks, -1).contiguous()
+
+    def images(n: int) -> torch.Tensor:
+        return torch.rand(tasks, WAYS * n, *SHAPE, generator=gen)
+
     return EpisodeBatch(images(shots), labels(shots), images(query), labels(query), WAYS)
 
 
@@ -45,14 +57,19 @@ def fast_loss(learner: Learner, b: EpisodeBatch) -> torch.Tensor:
     if isinstance(learner, ProtoNet):
         logits = learner.logits(b.support_x, b.support_y, b.query_x, b.ways)
         return F.cross_entropy(logits.flatten(0, 1), b.query_y.flatten())
-    return learner.episode_loss(b)[0]  # type: ignore[attr-defined]
+    assert isinstance(learner, EpisodeLossLearner)
+    return learner.episode_loss(b)[0]
 
 
-def loss_and_grads(learner: Learner, loss_fn, b: EpisodeBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def loss_and_grads(
+    learner: Learner, loss_fn: Callable[[Learner, EpisodeBatch], torch.Tensor], b: EpisodeBatch
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     learner.zero_grad(set_to_none=True)
     loss = loss_fn(learner, b)
     loss.backward()
-    return loss.detach(), [p.grad.clone() for p in learner.parameters()]
+    grads = [p.grad for p in learner.parameters()]
+    assert all(g is not None for g in grads)
+    return loss.detach(), [g.clone() for g in grads if g is not None]
 
 
 def assert_same(fast: tuple[torch.Tensor, list[torch.Tensor]], plain: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
@@ -64,16 +81,21 @@ def assert_same(fast: tuple[torch.Tensor, list[torch.Tensor]], plain: tuple[torc
 def test_plain_learner_is_the_textbook_layout_with_the_same_weights():
     learner = make("protonet", {})
     plain = plain_learner(learner)
-    conv = learner.encoder.blocks[1][0].weight  # 8 input channels: the layouts differ
+    convs = [m.weight for m in learner.modules() if isinstance(m, nn.Conv2d)]
+    conv = convs[1]  # 8 input channels: the two layouts differ
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert plain.encoder.blocks[1][0].weight.is_contiguous()
-    assert [type(m) for m in learner.encoder.blocks[0]][2:] == [nn.MaxPool2d, nn.ReLU]
-    assert [type(m) for m in plain.encoder.blocks[0]][2:] == [nn.ReLU, nn.MaxPool2d]
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, nn.Conv2d))
+
+    def order(module: nn.Module) -> list[type]:
+        return [type(m) for m in module.modules() if isinstance(m, (nn.MaxPool2d, nn.ReLU))]
+
+    assert order(learner) == [nn.MaxPool2d, nn.ReLU] * 2
+    assert order(plain) == [nn.ReLU, nn.MaxPool2d] * 2
     for a, b in zip(learner.state_dict().values(), plain.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("family", "hparams"), VARIANTS, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+@pytest.mark.parametrize(("family", "hparams"), VARIANTS, ids=variant_id)
 def test_one_task_step_has_the_plain_loops_loss_and_gradients(family, hparams):
     learner = make(family, hparams)
     learner.train()
@@ -82,7 +104,7 @@ def test_one_task_step_has_the_plain_loops_loss_and_gradients(family, hparams):
     assert_same(loss_and_grads(learner, fast_loss, b), loss_and_grads(plain, plain_loss, b))
 
 
-@pytest.mark.parametrize(("family", "hparams"), VARIANTS, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+@pytest.mark.parametrize(("family", "hparams"), VARIANTS, ids=variant_id)
 def test_batched_tasks_match_the_plain_loop_when_batch_norm_uses_fixed_statistics(family, hparams):
     """In eval mode batch-norm does not mix tasks, so the whole meta-batch must agree too."""
     learner = make(family, hparams)
