@@ -16,6 +16,11 @@ Reptile has no public per-path meta-iteration, so two more reptile learners are 
 ``path`` fixed to ``loop`` and to ``vmap`` and their ``meta_train_step`` is timed; the default
 reptile (``"auto"``) picks its path during the warm-up and the ratio uses that choice.
 
+For protonet, matching, relation and siamese the learner's step is set against a plain PyTorch
+loop of the same math (:mod:`benchmarks.metric_plain`: one task at a time, broadcast distances,
+textbook layout) on a copy with the same weights, and each step's achieved FLOP/s is given as a
+fraction of a ``torch.mm`` timed in the same rotation (:mod:`benchmarks.flops`).
+
 One warm-up call each, then ``--iters`` rounds in which every measurement runs once, in a
 rotating order (the CPU may be shared); medians are reported. Beside each family's time: the
 peak memory of one meta-iteration and its FLOP/s as a fraction of the same run's ``torch.mm``
@@ -33,6 +38,14 @@ from functools import partial
 import torch
 
 from benchmarks import memory
+from benchmarks.flops import (
+    MATMUL_FLOPS,
+    MATMUL_SIZE,
+    count_flops,
+    fraction_of_matmul,
+    matmul_flops_per_s,
+    matmul_reference,
+)
 from benchmarks.maml import (
     IMAGE,
     QUERY,
@@ -42,6 +55,7 @@ from benchmarks.maml import (
     interleaved_medians,
     random_batch,
 )
+from benchmarks.metric_plain import PLAIN_FAMILIES, plain_learner, plain_step
 from learners.base import Learner
 from learners.checkpoint import build_learner
 from learners.registry import family_names
@@ -71,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per measurement (default 3)")
     parser.add_argument("--tasks", type=int, default=8, help="tasks per meta-batch (default 8)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--families", default=None, help="comma-separated families to time (default: all registered)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device here")
@@ -87,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     batch = random_batch(device, tasks=args.tasks)
     families = family_names()
+    if args.families:
+        unknown = sorted(set(args.families.split(",")) - set(families))
+        if unknown:
+            parser.error(f"unknown families {', '.join(unknown)}; choose from {', '.join(families)}")
+        families = [f for f in families if f in args.families.split(",")]
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
     methods: dict[str, Callable[[], object]] = {f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()}
     for f in SPLIT_FAMILIES:
@@ -97,13 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         for path in ("loop", "vmap"):
             methods[f"reptile:{path}"] = functools.partial(make("reptile", device, path=path).meta_train_step, batch)
 
+    metric = [f for f in families if f in PLAIN_FAMILIES]
+    plains = {f: plain_learner(learners[f]) for f in metric}
+    for f, plain in plains.items():
+        methods[f"{f}:plain"] = functools.partial(plain_step, plain, batch)
+    methods["matmul"] = matmul_reference(device)
+
     for fn in methods.values():
         fn()  # warm-up (reptile "auto" picks its path here)
     peak = memory.peaks({f: methods[f] for f in families}, device)
-    flops = {f: memory.flops(task_by_task(f, learners[f], batch, device)) for f in families}
-    methods["matmul"] = memory.matmul(device)
+    flops = {f: count_flops(task_by_task(f, learners[f], batch, device)) for f in families}
     median = interleaved_medians(methods, args.iters, device)
-    rate = memory.matmul_flops_per_s(median["matmul"])
+    rate = matmul_flops_per_s(median["matmul"])
 
     print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}{'peak MiB':>10}{'GFLOP':>7}{'of mm':>7}")
     for f in families:
@@ -117,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{f:<12}{s * 1e3:>14.1f}{1 / s:>13.2f}{args.tasks / s:>12.1f}{memory.mib(peak[f]):>10}"
             f"{flops[f] / 1e9:>7.2f}{flops[f] / s / rate:>7.0%}{note}"
         )
-    print(f"torch.mm {memory.MATMUL_SIZE}x{memory.MATMUL_SIZE} fp32: {rate / 1e9:.0f} GFLOP/s, same run")
+    print(f"torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32: {rate / 1e9:.0f} GFLOP/s, same run")
 
+    if metric:
+        print_metric_rows(metric, median, flops)
+    if not any(f in learners for f in RATIO_FAMILIES):
+        return 0
     print("\nfast path vs task-by-task path, same learner, same run (ratio = fast time / loop time)")
     print(f"{'family':<12}{'measured':<24}{'fast':<7}{'fast ms':>9}{'loop ms':>9}{'ratio':>7}{'speed-up':>10}")
     for f in RATIO_FAMILIES:
@@ -134,6 +163,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{loop_s * 1e3:>9.1f}{fast_s / loop_s:>7.2f}{loop_s / fast_s:>9.2f}x"
         )
     return 0
+
+
+def print_metric_rows(metric: list[str], median: dict[str, float], flops: dict[str, int]) -> None:
+    """Each metric family's step against its plain loop, and its FLOP/s against ``torch.mm``'s."""
+    matmul = median["matmul"]
+    print(
+        f"\nmetric families: learner step vs plain per-task loop (benchmarks/metric_plain.py), same weights, "
+        f"same run; FLOP/s as a fraction of torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32 "
+        f"({MATMUL_FLOPS / matmul / 1e9:.0f} GFLOP/s here)"
+    )
+    print(f"{'family':<12}{'step ms':>9}{'plain ms':>10}{'speed-up':>10}{'GFLOP/iter':>12}{'GFLOP/s':>9}{'of mm':>7}")
+    for f in metric:
+        fast_s, plain_s = median[f], median[f"{f}:plain"]
+        fraction = fraction_of_matmul(flops[f], fast_s, matmul)
+        print(
+            f"{f:<12}{fast_s * 1e3:>9.1f}{plain_s * 1e3:>10.1f}{plain_s / fast_s:>9.2f}x"
+            f"{flops[f] / 1e9:>12.2f}{flops[f] / fast_s / 1e9:>9.1f}{fraction:>7.0%}"
+        )
 
 
 if __name__ == "__main__":

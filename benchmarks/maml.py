@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import memory
-from benchmarks.memory import MATMUL_SIZE
+from benchmarks import flops, memory
+from benchmarks.flops import MATMUL_SIZE
 from learners.base import synchronize
 from learners.maml import AUTO_POLICY, MAML
 from learners.meta_gradient import PATHS
@@ -190,11 +190,11 @@ def run_setting(
     for fn in methods.values():
         fn()  # warm-up
     peak = memory.peaks(methods, device)
-    methods["matmul"] = memory.matmul(device)
+    methods["matmul"] = flops.matmul_reference(device)
     methods["matmul"]()
     median = interleaved_medians(methods, iters, device)
-    rate = memory.matmul_flops_per_s(median.pop("matmul"))
-    step_flops = memory.flops(lambda: baseline.meta_gradient(batch))
+    rate = flops.matmul_flops_per_s(median.pop("matmul"))
+    step_flops = flops.count_flops(lambda: baseline.meta_gradient(batch))
     auto = auto_mark(ran, median)
     print(f"   {'method':15s}{'ms/iter':>9}{'speed-up':>10}{'peak MiB':>10}{'memory/base':>12}{'of mm':>7}")
     rows = {}

@@ -18,6 +18,10 @@ Choices made:
   runs under ``torch.func.functional_call``, ``grad`` and ``vmap`` (one task per vmapped slice
   gets its own statistics). One caveat, PyTorch's and not this module's: differentiating
   *through* a ``vmap``-ed ``grad`` of it gives wrong gradients (see :mod:`learners.meta_gradient`).
+- A pooled block applies the max-pool before the ReLU. The two commute exactly (``max`` of
+  ReLUs is the ReLU of the ``max``, in floating point too, gradients included), and the ReLU then
+  runs on a quarter of the values: the metric families' steps are bound by such element-wise
+  passes on a CPU (docs/metric-speed.md). Parameter names are unchanged (neither has parameters).
 - ``running_stats=True`` is the usual batch-norm (batch statistics while training, running
   averages in eval mode), as in Snell's ProtoNet.
 """
@@ -64,10 +68,8 @@ class Conv4(nn.Module):
             layers: list[nn.Module] = [
                 nn.Conv2d(channels if index == 0 else width, width, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(width, track_running_stats=running_stats),
-                nn.ReLU(),
             ]
-            if downsample == "pool":
-                layers.append(nn.MaxPool2d(2))
+            layers += [nn.MaxPool2d(2), nn.ReLU()] if downsample == "pool" else [nn.ReLU()]
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
 

@@ -43,7 +43,7 @@ from torch import nn
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams
 from learners.hparam_checks import at_least, positive
-from learners.metric import EpisodeLossLearner, embed_tasks, one_hot_support
+from learners.metric import EpisodeLossLearner, channels_last, embed_tasks, one_hot_support
 from learners.space import Choice, Float, Int
 
 
@@ -116,6 +116,7 @@ class Matching(EpisodeLossLearner):
         dim = self.encoder.embedding_dim
         self.support_context = SupportContext(dim) if hparams.fce else None
         self.query_context = AttentionLSTM(dim, hparams.fce_steps) if hparams.fce else None
+        channels_last(self)
         self.make_optimizer()
 
     def embed(self, support_x: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

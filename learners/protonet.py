@@ -10,8 +10,9 @@ Training as in the paper: Adam, learning rate halved every ``lr_decay_every`` me
 (``train_ways``; Snell trained Omniglot with 60). Batch-norm is the ordinary kind: batch
 statistics in :meth:`meta_train_step`, running averages in :meth:`predict`.
 
-All tasks of a batch go through the backbone in one forward pass; prototypes and distances are
-batched matrix products over the task axis.
+All tasks of a batch go through the backbone in one forward pass (channels-last weights, see
+:func:`learners.metric.channels_last`); prototypes and distances are batched matrix products over
+the task axis. ``docs/metric-speed.md`` has the measurements against a plain per-task loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.hparam_checks import at_least, one_of, positive
+from learners.metric import channels_last
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 
@@ -66,6 +68,7 @@ class ProtoNet(Learner):
         self.encoder = Conv4(image_shape, hparams.width, hparams.depth, "pool", running_stats=True)
         if hparams.distance == "cosine":
             self.scale = nn.Parameter(torch.tensor(COSINE_INITIAL_SCALE))
+        channels_last(self)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, hparams.lr_decay_every, gamma=0.5)
 

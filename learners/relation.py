@@ -42,7 +42,7 @@ from torch import nn
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams
 from learners.hparam_checks import at_least, positive
-from learners.metric import EpisodeLossLearner, embed_tasks, one_hot_support
+from learners.metric import EpisodeLossLearner, channels_last, embed_tasks, one_hot_support
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
@@ -66,10 +66,8 @@ def _block(channels_in: int, channels_out: int, pool: bool) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
         nn.BatchNorm2d(channels_out),
-        nn.ReLU(),
     ]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
+    layers += [nn.MaxPool2d(2), nn.ReLU()] if pool else [nn.ReLU()]  # pool, then ReLU: exact, as in Conv4
     return nn.Sequential(*layers)
 
 
@@ -86,7 +84,7 @@ class RelationModule(nn.Module):
             )
         self.width = width
         self.conv1 = nn.Conv2d(2 * width, width, 3, padding=1, bias=False)  # on C(class, query); BN follows
-        self.rest1 = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2))
+        self.rest1 = nn.Sequential(nn.BatchNorm2d(width), nn.MaxPool2d(2), nn.ReLU())
         self.block2 = _block(width, width, pool=True)
         flat = width * (height // 2 // 2) * (wide // 2 // 2)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -146,6 +144,7 @@ class Relation(EpisodeLossLearner):
         self.encoder = nn.Sequential(pooled.blocks, *unpooled)
         self.relation = RelationModule(hparams.width, self.map_hw, hparams.hidden)
         self.predict_pairs = PREDICT_PAIRS
+        channels_last(self)
         self.make_optimizer()
 
     def features(

@@ -38,7 +38,7 @@ from torch import nn
 from learners.backbone import Conv4
 from learners.base import BackboneHyperparams
 from learners.hparam_checks import at_least, positive
-from learners.metric import EpisodeLossLearner, embed_tasks, one_hot_support
+from learners.metric import EpisodeLossLearner, channels_last, embed_tasks, one_hot_support
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
@@ -94,6 +94,7 @@ class Siamese(EpisodeLossLearner):
         conv = Conv4(image_shape, hparams.width, hparams.depth)
         self.twin = nn.Sequential(conv, nn.Linear(conv.embedding_dim, hparams.embedding), nn.Sigmoid())
         self.head = WeightedL1Head(hparams.embedding)
+        channels_last(self)
         self.make_optimizer()
 
     def scores(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "omniglot-search": "benchmarks.omniglot_search",
     "data-sharing": "benchmarks.data_sharing",
     "fomaml-reference": "benchmarks.fomaml_reference",
+    "gpu": "benchmarks.gpu_check",
 }
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import memory
+from benchmarks import flops
 from benchmarks.maml import parse_settings, run_setting
 from learners.peak_memory import format_size, parse_size, peak_bytes
 
@@ -48,7 +48,7 @@ def test_bench_maml_reports_time_memory_and_flop_fractions_for_baseline_and_path
 
 def test_flop_count_and_settings():
     a = torch.ones(64, 32)
-    assert memory.flops(lambda: a @ a.T) == 2 * 64 * 32 * 64
+    assert flops.count_flops(lambda: a @ a.T) == 2 * 64 * 32 * 64
     assert parse_settings("1x32,5x4") == ((1, 32), (5, 4))
     with pytest.raises(ValueError, match="--settings: expected STEPSxTASKS"):
         parse_settings("5by32")
