@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown families {', '.join(unknown)}; choose from {', '.join(families)}")
         families = [f for f in families if f in args.families.split(",")]
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
-    methods: dict[str, Callable[[], object]] = {f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()}
+    methods: dict[str, Callable[[], object]] = {
+        f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()
+    }
     for f in SPLIT_FAMILIES:
         if f in learners:
             for path in (MAML_FAST, MAML_LOOP):
@@ -130,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     median = interleaved_medians(methods, args.iters, device)
     rate = matmul_flops_per_s(median["matmul"])
 
-    print(f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}{'peak MiB':>10}{'GFLOP':>7}{'of mm':>7}")
+    print(
+        f"\n{'family':<12}{'ms/meta-iter':>14}{'meta-iter/s':>13}{'episodes/s':>12}"
+        f"{'peak MiB':>10}{'GFLOP':>7}{'of mm':>7}"
+    )
     for f in families:
         note = ""
         if f in SPLIT_FAMILIES:

@@ -59,8 +59,12 @@ def load_reference() -> ModuleType:
 def omniglot(data: Path, workdir: Path, seed: int) -> DatasetStore:
     """``bench omniglot``'s 28x28 dataset, built from the zips in ``data`` unless it is there already."""
     if not all((data / name).exists() or (data / f"{name}.zip").is_file() for name in ZIPS):
-        raise PipelineError(f"no Omniglot in {data}: expected images_background.zip and images_evaluation.zip; pass --data DIR")
-    spec = BuildSpec(source="omniglot", path=str(data), split="random", rotations=True, image_size=IMAGE_SIZE, seed=seed)
+        raise PipelineError(
+            f"no Omniglot in {data}: expected images_background.zip and images_evaluation.zip; pass --data DIR"
+        )
+    spec = BuildSpec(
+        source="omniglot", path=str(data), split="random", rotations=True, image_size=IMAGE_SIZE, seed=seed
+    )
     directory = dataset_dir(workdir, "cpu", IMAGE_SIZE, seed)
     build_dataset(spec, directory, overwrite=True)
     return DatasetStore.open(directory)
@@ -84,7 +88,9 @@ def learners(
         with torch.no_grad():  # the same initial convolutions and batch-norms; the head keeps its own init
             for a, b in zip(list(theirs.parameters())[:-2], list(flat.parameters())[:-2], strict=True):
                 b.copy_(a)
-        columns["reference, flattened head"] = _reference_step(reference.ReferenceFOMAML(flat.to(device), INNER_LR, 1, META_LR))
+        columns["reference, flattened head"] = _reference_step(
+            reference.ReferenceFOMAML(flat.to(device), INNER_LR, 1, META_LR)
+        )
     return columns
 
 
@@ -95,7 +101,9 @@ def _reference_step(learner: Any) -> Callable[[EpisodeBatch], float]:
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="learn2tune bench fomaml-reference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=110, help="meta-iterations of each (default 110)")
-    parser.add_argument("--every", type=int, default=10, help="a row, and a switch of learner, every N iterations (default 10)")
+    parser.add_argument(
+        "--every", type=int, default=10, help="a row, and a switch of learner, every N iterations (default 10)"
+    )
     parser.add_argument("--tasks", type=int, default=32, help="meta-batch (default 32)")
     parser.add_argument("--width", type=int, default=64, help="Conv-4 filters (default 64)")
     parser.add_argument("--flattened", action="store_true", help="add the reference with its head on the flattened map")
@@ -125,14 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     accuracies: dict[str, list[float]] = {name: [] for name in columns}
     seconds = dict.fromkeys(columns, 0.0)
     for start in range(0, args.iterations, args.every):
-        batches: list[EpisodeBatch] = [sampler.sample().to(device) for _ in range(min(args.every, args.iterations - start))]
+        batches: list[EpisodeBatch] = [
+            sampler.sample().to(device) for _ in range(min(args.every, args.iterations - start))
+        ]
         for name, step in columns.items():
             began = time.perf_counter()
             accuracies[name] += [step(b) for b in batches]
             seconds[name] += time.perf_counter() - began
         row = [f"{np.mean(accuracies[name][-WINDOW:]):.3f}" for name in columns]
         print(f"| {start + len(batches)} | {' | '.join(row)} |", flush=True)
-    print("seconds per meta-iteration: " + ", ".join(f"{name} {s / args.iterations:.2f}" for name, s in seconds.items()))
+    print(
+        "seconds per meta-iteration: " + ", ".join(f"{name} {s / args.iterations:.2f}" for name, s in seconds.items())
+    )
     return 0
 
 

@@ -1,6 +1,8 @@
-"""MAML meta-iteration time, peak memory and FLOP/s: each :mod:`learners.meta_gradient` path against the older-library way.
+"""MAML meta-iteration time, peak memory and FLOP/s: each :mod:`learners.meta_gradient` path
+against the older-library way.
 
-    .venv/bin/python -m benchmarks.maml [--iters N] [--device cpu|cuda] [--full | --settings 5x32,...] [--paths ...]
+    .venv/bin/python -m benchmarks.maml [--iters N] [--device cpu|cuda]
+        [--full | --settings 5x32,...] [--paths ...]
 
 Setting (Finn et al. 2017, Omniglot): Conv-4 with 64 filters and stride-2 convolutions, 28x28x1
 images, 5-way 1-shot with 15 queries, inner lr 0.4, Adam; second order, then first order; by
@@ -69,7 +71,9 @@ def update_module(module: nn.Module, updates: dict[nn.Module, dict[str, torch.Te
 class BaselineMAML:
     """Task-by-task MAML on a cloned module, as older libraries do it."""
 
-    def __init__(self, net: nn.Module, inner_lr: float, meta_lr: float, first_order: bool, inner_steps: int = 1) -> None:
+    def __init__(
+        self, net: nn.Module, inner_lr: float, meta_lr: float, first_order: bool, inner_steps: int = 1
+    ) -> None:
         self.net = net
         self.inner_lr = inner_lr
         self.first_order = first_order
@@ -83,7 +87,9 @@ class BaselineMAML:
         for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x, batch.query_y, strict=True):
             learner = clone_module(self.net)
             for _ in range(self.inner_steps):
-                named = [(sub, name, p) for sub in learner.modules() for name, p in sub._parameters.items() if p is not None]
+                named = [
+                    (sub, name, p) for sub in learner.modules() for name, p in sub._parameters.items() if p is not None
+                ]
                 loss = F.cross_entropy(learner(sx), sy)
                 grads = torch.autograd.grad(loss, [p for _, _, p in named], create_graph=not self.first_order)
                 updates: dict[nn.Module, dict[str, torch.Tensor]] = {}
@@ -130,7 +136,7 @@ def interleaved_medians(methods: dict[str, Callable[[], object]], iters: int, de
     runs: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for i in range(iters):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             runs[name].append(timed(methods[name], device))
     return {name: statistics.median(times) for name, times in runs.items()}
 
@@ -143,7 +149,9 @@ DEFAULT_PATHS = ("loop", "split", "split-compiled")  # the vmap-ed paths run 2-3
 
 def learner(path: str, first_order: bool, device: torch.device, inner_steps: int = 1, width: int = 64) -> MAML:
     torch.manual_seed(0)  # the same initial weights for every method
-    hparams = make_hparams("maml", {"path": path, "first_order": first_order, "inner_steps": inner_steps, "width": width})
+    hparams = make_hparams(
+        "maml", {"path": path, "first_order": first_order, "inner_steps": inner_steps, "width": width}
+    )
     return MAML(hparams, IMAGE, WAYS).to(device)
 
 
@@ -184,7 +192,10 @@ def run_setting(
             print(f"   {path:15s} does not run here: {type(exc).__name__}: {exc}")
             continue
         error = max_relative_error([grads[k] for k, _ in lrn.net.named_parameters()], reference)
-        print(f"   {path:15s} first call {time.perf_counter() - start:6.1f} s; meta-gradient vs baseline: max rel. diff {error:.1e}")
+        print(
+            f"   {path:15s} first call {time.perf_counter() - start:6.1f} s; "
+            f"meta-gradient vs baseline: max rel. diff {error:.1e}"
+        )
         methods[path] = partial(lrn.meta_train_step, batch)
         ran.append(path)
     for fn in methods.values():
@@ -200,12 +211,18 @@ def run_setting(
     rows = {}
     for name in median:
         rows[name] = Row(
-            median[name] * 1e3, median["baseline"] / median[name], peak[name], peak[name] / peak["baseline"],
+            median[name] * 1e3,
+            median["baseline"] / median[name],
+            peak[name],
+            peak[name] / peak["baseline"],
             step_flops / median[name] / rate,
         )
         r = rows[name]
         mark = "  <- auto" if name == auto else ""
-        print(f"   {name:15s}{r.ms:9.1f}{r.speedup:9.2f}x{memory.mib(r.peak):>10}{r.memory_ratio:11.2f}x{r.mm_fraction:7.0%}{mark}")
+        print(
+            f"   {name:15s}{r.ms:9.1f}{r.speedup:9.2f}x{memory.mib(r.peak):>10}"
+            f"{r.memory_ratio:11.2f}x{r.mm_fraction:7.0%}{mark}"
+        )
     print(
         f"   {step_flops / 1e9:.1f} GFLOP/iter (counted on the baseline); torch.mm {MATMUL_SIZE}x{MATMUL_SIZE} fp32: "
         f"{rate / 1e9:.0f} GFLOP/s, same run"
@@ -238,11 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m benchmarks.maml", description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per method (default 3)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--paths", default=None, help=f"comma-separated paths (default: {','.join(DEFAULT_PATHS)}; all: {','.join(PATHS)})")
+    parser.add_argument(
+        "--paths",
+        default=None,
+        help=f"comma-separated paths (default: {','.join(DEFAULT_PATHS)}; all: {','.join(PATHS)})",
+    )
     parser.add_argument("--settings", default=None, help="comma-separated STEPSxTASKS (default: 1x32,5x32)")
     parser.add_argument("--full", action="store_true", help="inner steps 1, 5, 10 x meta-batch 4, 16, 32")
     parser.add_argument("--orders", choices=("both", "second", "first"), default="both")
-    parser.add_argument("--profile", choices=PATHS, default=None, help="print the top ops of one meta-iteration by this path")
+    parser.add_argument(
+        "--profile", choices=PATHS, default=None, help="print the top ops of one meta-iteration by this path"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device here")
@@ -258,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     device = torch.device(args.device)
     print(
-        f"MAML meta-iteration, {WAYS}-way {SHOTS}-shot {QUERY} query, Conv-4 (64, stride 2) on {'x'.join(map(str, IMAGE))}, "
-        f"inner lr 0.4, Adam 1e-3; {device_name(device)}; torch {torch.__version__}; medians of {args.iters} interleaved runs; "
+        f"MAML meta-iteration, {WAYS}-way {SHOTS}-shot {QUERY} query, Conv-4 (64, stride 2) on "
+        f"{'x'.join(map(str, IMAGE))}, inner lr 0.4, Adam 1e-3; {device_name(device)}; torch {torch.__version__}; "
+        f"medians of {args.iters} interleaved runs; "
         f"peak memory of one meta-iteration ({memory.HOW[device.type]})"
     )
     orders = {"both": (False, True), "second": (False,), "first": (True,)}[args.orders]
@@ -271,7 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         steps, tasks = settings[0]
         lrn, batch = learner(args.profile, orders[0], device, steps), random_batch(device, tasks=tasks)
         lrn.meta_train_step(batch)  # warm-up
-        print(f"\ntop ops of one {args.profile} meta-iteration, {steps} inner step(s), meta-batch {tasks} (self CPU time):")
+        print(
+            f"\ntop ops of one {args.profile} meta-iteration, {steps} inner step(s), meta-batch {tasks} "
+            "(self CPU time):"
+        )
         print(memory.top_ops(partial(lrn.meta_train_step, batch)))
     second = results.get((False, 5, 32))
     if second is not None and "split" in second:

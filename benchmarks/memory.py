@@ -17,7 +17,10 @@ from torch.autograd.profiler import profile
 
 from learners.peak_memory import peak_bytes
 
-HOW = {"cuda": "torch.cuda.max_memory_allocated", "cpu": "tensor bytes from torch's CPU allocator, via the autograd profiler"}
+HOW = {
+    "cuda": "torch.cuda.max_memory_allocated",
+    "cpu": "tensor bytes from torch's CPU allocator, via the autograd profiler",
+}
 
 
 def peaks(methods: dict[str, Callable[[], object]], device: torch.device) -> dict[str, int]:

@@ -124,4 +124,3 @@ def plain_step(learner: Learner, batch: EpisodeBatch) -> float:
     loss.backward()
     optimizer.step()
     return loss.item()
-

@@ -75,7 +75,9 @@ def summary(name: str, seconds: np.ndarray) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per path (default 200)")
-    parser.add_argument("--family", choices=family_names(), default="protonet", help="learner family (default protonet)")
+    parser.add_argument(
+        "--family", choices=family_names(), default="protonet", help="learner family (default protonet)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow.pyfunc

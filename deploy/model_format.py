@@ -115,9 +115,7 @@ def _signature() -> ModelSignature:
         inputs=Schema(
             [ColSpec("string", "role"), ColSpec("string", "label", required=False), ColSpec(AnyType(), "image")]
         ),
-        outputs=Schema(
-            [ColSpec("string", "label"), ColSpec(AnyType(), "probabilities"), ColSpec("string", "notes")]
-        ),
+        outputs=Schema([ColSpec("string", "label"), ColSpec(AnyType(), "probabilities"), ColSpec("string", "notes")]),
     )
 
 

@@ -79,9 +79,7 @@ class Learner(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def predict(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
-    ) -> torch.Tensor:
+    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """Logits ``[tasks, queries, ways]`` for batched tasks (``ways`` from ``support_y``)."""
 
     def training_spec(self, spec: EpisodeSpec) -> EpisodeSpec:

@@ -55,9 +55,7 @@ def save_learner(learner: Learner, directory: str | Path, extra: dict[str, Any] 
     atomic.write_file(directory / SPEC_FILE, lambda f: f.write(text.encode()))
 
 
-def load_learner(
-    directory: str | Path, device: torch.device | str = "cpu"
-) -> tuple[Learner, dict[str, Any]]:
+def load_learner(directory: str | Path, device: torch.device | str = "cpu") -> tuple[Learner, dict[str, Any]]:
     """The learner saved in ``directory`` and the ``extra`` dict saved with it."""
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
@@ -73,4 +71,3 @@ def load_learner(
     learner.load_state_dict(state["model"])
     learner.load_extra_state(state.get("extra_state", {}))
     return learner, state.get("extra", {})
-

@@ -85,7 +85,9 @@ class MAML(Learner):
     """Second-order MAML (first order with ``first_order=True``)."""
 
     family: ClassVar[str] = "maml"
-    paper: ClassVar[str] = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
+    paper: ClassVar[str] = (
+        "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
+    )
     fixed_ways: ClassVar[bool] = True
 
     @dataclass(frozen=True)
@@ -148,7 +150,10 @@ class MAML(Learner):
         with torch.no_grad():
             adapted = self.meta_gradient.adapt_tasks(params, support_x, support_y, self.hparams.test_inner_steps)
             return torch.stack(
-                [torch.func.functional_call(self.net, {k: p[t] for k, p in adapted.items()}, (x,)) for t, x in enumerate(query_x)]
+                [
+                    torch.func.functional_call(self.net, {k: p[t] for k, p in adapted.items()}, (x,))
+                    for t, x in enumerate(query_x)
+                ]
             )
 
 
@@ -167,5 +172,3 @@ def finn_features(downsample: str) -> Features:
     """What the head of Finn's network reads (cbfinn/maml, ``forward_conv``): the spatial mean of the last
     feature map in the Omniglot model (stride-2 convolutions), the flattened map in the miniImageNet one."""
     return "mean" if downsample == "stride" else "flatten"
-
-

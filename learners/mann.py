@@ -149,7 +149,10 @@ class MemoryState:
     def repeat(self, times: int) -> MemoryState:
         """Each sequence's state repeated ``times`` times in a row (``[B*times, ...]``): branches."""
         return MemoryState(
-            *(t.repeat_interleave(times, dim=0) for t in (self.h, self.c, self.memory, self.usage, self.read_weights, self.reads))
+            *(
+                t.repeat_interleave(times, dim=0)
+                for t in (self.h, self.c, self.memory, self.usage, self.read_weights, self.reads)
+            )
         )
 
 
@@ -174,9 +177,7 @@ class Episodes:
     query_logits: torch.Tensor  # [T, NQ, ways]
 
 
-def cosine_read_weights(
-    keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor | None = None
-) -> torch.Tensor:
+def cosine_read_weights(keys: torch.Tensor, memory: torch.Tensor, strength: torch.Tensor | None = None) -> torch.Tensor:
     """``softmax`` over rows of the cosine similarity (times ``strength`` ``[B, H]`` if given):
     keys ``[B, H, D]``, memory ``[B, S, D]`` -> ``[B, H, S]``."""
     dots = torch.einsum("bhd,bsd->bhs", keys, memory)
@@ -231,9 +232,7 @@ class MANN(Learner):
     """LSTM controller + LRUA external memory; labels shown one step late (see the module docstring)."""
 
     family: ClassVar[str] = "mann"
-    paper: ClassVar[str] = (
-        "Santoro et al. 2016, One-shot learning with memory-augmented neural networks (ICML 2016)"
-    )
+    paper: ClassVar[str] = "Santoro et al. 2016, One-shot learning with memory-augmented neural networks (ICML 2016)"
     fixed_ways: ClassVar[bool] = True
     Hyperparams: ClassVar[type] = MannHyperparams
     search_space: ClassVar[SearchSpace] = {
@@ -384,5 +383,3 @@ class MANN(Learner):
             support.state.repeat(queries),
         )
         return Episodes(support, query_label, query_logits.unflatten(0, (tasks, queries)))
-
-

@@ -107,7 +107,9 @@ class MetaGradient:
 
     def current_lr(self) -> InnerLR:
         """The inner learning rate as it is now, detached (a float stays a float)."""
-        return {k: a.detach() for k, a in self.inner_lr.items()} if isinstance(self.inner_lr, Mapping) else self.inner_lr
+        return (
+            {k: a.detach() for k, a in self.inner_lr.items()} if isinstance(self.inner_lr, Mapping) else self.inner_lr
+        )
 
     def step(self, params: Params, g: Params, lr: InnerLR | None = None) -> Params:
         """One SGD step ``θ - lr ⊙ g`` with a scalar or per-parameter ``lr`` (default: this inner rate)."""
@@ -117,7 +119,13 @@ class MetaGradient:
         return {k: p - lr * g[k] for k, p in params.items()}
 
     def adapt(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, second_order: bool, lr: InnerLR | None = None
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: int,
+        second_order: bool,
+        lr: InnerLR | None = None,
     ) -> Params:
         """One task's weights after ``steps`` SGD steps on its support set ``(x, y)``.
 
@@ -160,7 +168,9 @@ class MetaGradient:
     def _task_loss(self, params: Params, lr: InnerLR, sx, sy, qx, qy) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loss(self.adapt(params, sx, sy, self.inner_steps, not self.first_order, lr), qx, qy)
 
-    def _trajectory(self, params: Params, lr: InnerLR, x: torch.Tensor, y: torch.Tensor) -> tuple[list[Params], list[Params]]:
+    def _trajectory(
+        self, params: Params, lr: InnerLR, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[Params], list[Params]]:
         """One task's weights after each inner step, ``[θ_1, ..., θ_K]``, with no graph, and (with a
         per-parameter ``lr`` only, else ``[]``) the support gradients ``[∇L_s(θ_0), ..., ∇L_s(θ_K-1)]``."""
         support_grad = grad(lambda p: self.loss(p, x, y)[0])
@@ -189,7 +199,9 @@ class MetaGradient:
             v, (losses, logits) = stage("query-tasks")(weights[-1], qx, qy)
         else:
             query = stage("query")
-            v, (losses, logits) = _stack([query({k: p[t] for k, p in weights[-1].items()}, qx[t], qy[t]) for t in range(len(qx))])
+            v, (losses, logits) = _stack(
+                [query({k: p[t] for k, p in weights[-1].items()}, qx[t], qy[t]) for t in range(len(qx))]
+            )
         lr_grads: Params | None = None
         if isinstance(lr, Mapping):  # ∂L_q/∂α = -Σ_k u_k+1 ⊙ ∇L_s(θ_k), summed over tasks here, averaged below
             lr_grads = {name: torch.zeros_like(a) for name, a in lr.items()}
@@ -232,10 +244,14 @@ class MetaGradient:
         return self._compiled[name]
 
 
-def _stack(outputs: list[tuple[Any, tuple[torch.Tensor, torch.Tensor]]]) -> tuple[Any, tuple[torch.Tensor, torch.Tensor]]:
+def _stack(
+    outputs: list[tuple[Any, tuple[torch.Tensor, torch.Tensor]]],
+) -> tuple[Any, tuple[torch.Tensor, torch.Tensor]]:
     """Stack per-task results; the gradients are a dict, or a tuple of dicts (``(θ, α)``)."""
     first = outputs[0][0]
     stacked = (torch.stack([loss for _, (loss, _) in outputs]), torch.stack([lg for _, (_, lg) in outputs]))
     if isinstance(first, tuple):
-        return tuple({k: torch.stack([g[i][k] for g, _ in outputs]) for k in first[i]} for i in range(len(first))), stacked
+        return tuple(
+            {k: torch.stack([g[i][k] for g, _ in outputs]) for k in first[i]} for i in range(len(first))
+        ), stacked
     return {k: torch.stack([g[k] for g, _ in outputs]) for k in first}, stacked

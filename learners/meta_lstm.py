@@ -146,7 +146,9 @@ class MetaLSTM(Learner):
     def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.net, params, (x,)), y)
 
-    def support_gradients(self, path: str, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def support_gradients(
+        self, path: str, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The learner's support gradient ``[T, P]`` and loss ``[T]`` at the (detached) ``flat [T, P]``."""
         flat = flat.detach()
         if path == "vmap":
@@ -178,7 +180,9 @@ class MetaLSTM(Learner):
 
     def query_logits(self, flat: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """Logits ``[T, NQ, ways]`` of each task's queries under its parameters ``flat [T, P]``."""
-        return torch.stack([functional_call(self.net, self.unflatten(flat[t]), (query_x[t],)) for t in range(len(query_x))])
+        return torch.stack(
+            [functional_call(self.net, self.unflatten(flat[t]), (query_x[t],)) for t in range(len(query_x))]
+        )
 
     def meta_train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         self.check_ways(batch.ways)
@@ -209,5 +213,3 @@ class MetaLSTM(Learner):
         self.check_ways(episode_ways(support_y))
         with torch.no_grad():
             return self.query_logits(self.adapt(self.predict_path(), support_x, support_y), query_x)
-
-

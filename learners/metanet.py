@@ -217,13 +217,16 @@ class MetaNet(Learner):
         representation = self._generate_task_weights(pair_grads)
 
         # Example-level W*_i: m over each support example's task-loss gradient w.r.t. b's layers.
-        slow = (self.b_hidden.weight.detach(), self.b_hidden.bias.detach(),
-                self.b_output.weight.detach(), self.b_output.bias.detach())
-        hidden_grads, output_grads = vmap(vmap(grad(self._example_loss, argnums=(0, 2)),
-                                               in_dims=(None, None, None, None, 0, 0)),
-                                          in_dims=(None, None, None, None, 0, 0))(
-            *slow, b_support.detach(), support_y
-        )  # [T, S, H, F_b], [T, S, ways, H]
+        slow = (
+            self.b_hidden.weight.detach(),
+            self.b_hidden.bias.detach(),
+            self.b_output.weight.detach(),
+            self.b_output.bias.detach(),
+        )
+        hidden_grads, output_grads = vmap(
+            vmap(grad(self._example_loss, argnums=(0, 2)), in_dims=(None, None, None, None, 0, 0)),
+            in_dims=(None, None, None, None, 0, 0),
+        )(*slow, b_support.detach(), support_y)  # [T, S, H, F_b], [T, S, ways, H]
         hidden = self._generate_example_weights(hidden_grads)
         output = self._generate_example_weights(output_grads)
 
@@ -271,5 +274,3 @@ class MetaNet(Learner):
         for t in range(pairs):
             h, c = self.d_cell(steps[:, t], (h, c))
         return self.d_output(h).view(tasks, *shape)
-
-

@@ -68,7 +68,9 @@ class MetaSGD(MAML):
     """MAML with a meta-learned per-parameter inner learning rate ``α`` (``self.alpha``)."""
 
     family: ClassVar[str] = "metasgd"
-    paper: ClassVar[str] = "Li, Zhou, Chen & Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning (arXiv:1707.09835)"
+    paper: ClassVar[str] = (
+        "Li, Zhou, Chen & Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning (arXiv:1707.09835)"
+    )
     Hyperparams = MetaSGDHyperparams  # type: ignore[assignment]  # not MAML's: a rate range instead of inner_lr
 
     search_space = {
@@ -84,7 +86,8 @@ class MetaSGD(MAML):
         (a ParameterList: parameter names contain dots, which a ParameterDict refuses); returned by
         name, the same Parameter objects, which the meta-optimizer updates in place."""
         low, high = self.hparams.alpha_low, self.hparams.alpha_high  # checked by MetaSGDHyperparams
-        self.alpha = nn.ParameterList(nn.Parameter(torch.empty_like(p).uniform_(low, high)) for p in self.net.parameters())
+        self.alpha = nn.ParameterList(
+            nn.Parameter(torch.empty_like(p).uniform_(low, high)) for p in self.net.parameters()
+        )
         names = [name for name, _ in self.net.named_parameters()]
         return dict(zip(names, self.alpha, strict=True))
-

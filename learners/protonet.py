@@ -75,7 +75,9 @@ class ProtoNet(Learner):
     def training_spec(self, spec: EpisodeSpec) -> EpisodeSpec:
         return EpisodeSpec(self.hparams.train_ways or spec.ways, spec.shots, spec.query)
 
-    def logits(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int) -> torch.Tensor:
+    def logits(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int
+    ) -> torch.Tensor:
         """Query logits ``[T, NQ, ways]``; one backbone pass over every task's images."""
         tasks, n_support = support_x.shape[:2]
         images = torch.cat([support_x, query_x], dim=1).flatten(0, 1)

@@ -64,8 +64,7 @@ def make_hparams(family: str, values: Mapping[str, Any] | None = None) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise HyperparamError(
-            f"{family} has no hyperparameter {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(sorted(fields))}"
+            f"{family} has no hyperparameter {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}"
         )
     coerced = {}
     defaults = learner_cls.Hyperparams()
@@ -92,6 +91,4 @@ def _coerce(family: str, key: str, value: Any, expected: type) -> Any:
             return float(value)
     elif isinstance(value, expected):
         return value
-    raise HyperparamError(
-        f"{family}.{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
-    )
+    raise HyperparamError(f"{family}.{key} must be {expected.__name__}, got {type(value).__name__} {value!r}")

@@ -149,7 +149,9 @@ class Reptile(Learner):
         phi = {k: torch.stack([o[0][k] for o in outputs]) for k in params}
         return phi, torch.stack([o[1] for o in outputs]), torch.stack([o[2] for o in outputs])
 
-    def _adapt_task(self, params: Params, xs: torch.Tensor, ys: torch.Tensor) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    def _adapt_task(
+        self, params: Params, xs: torch.Tensor, ys: torch.Tensor
+    ) -> tuple[Params, torch.Tensor, torch.Tensor]:
         """One task: a step of the inner optimizer on each minibatch ``xs[s], ys[s]`` in turn."""
         adam = self.hparams.inner_optimizer == "adam"
         if adam:
@@ -190,7 +192,9 @@ class Reptile(Learner):
             xs = support_x[:, None].expand(-1, steps, *support_x.shape[1:])
             ys = support_y[:, None].expand(-1, steps, -1)
             phi = self._adapt_tasks(self.predict_path(), xs, ys)[0]
-            return torch.stack([self._score({k: p[t] for k, p in phi.items()}, support_x[t], query_x[t]) for t in range(len(query_x))])
+            return torch.stack(
+                [self._score({k: p[t] for k, p in phi.items()}, support_x[t], query_x[t]) for t in range(len(query_x))]
+            )
 
     def _score(self, params: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         if self.hparams.transductive:
@@ -198,5 +202,3 @@ class Reptile(Learner):
         # Batch-norm statistics from the support set plus one query image, for each query image.
         one = lambda q: functional_call(self.net, params, (torch.cat([support_x, q[None]]),))[-1]  # noqa: E731
         return vmap(one)(query_x)
-
-

@@ -213,7 +213,16 @@ def ui_hint(config: Config) -> str:
 def ui_command(config: Config, port: int = 5000) -> list[str]:
     """The ``mlflow ui`` command line for this config's tracking store, bound to 127.0.0.1."""
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    return [str(mlflow_bin), "ui", "--backend-store-uri", config.tracking.uri, "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        str(mlflow_bin),
+        "ui",
+        "--backend-store-uri",
+        config.tracking.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 # ---------------------------------------------------------------- config from arguments
@@ -249,7 +258,12 @@ def _flag_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         value = getattr(args, flag, None)
         if value is None or value is False:
             continue
-        parsers: dict[str, Callable[[Any], Any]] = {"scalar": parse_scalar, "list": parse_list, "text": str, "true": bool}
+        parsers: dict[str, Callable[[Any], Any]] = {
+            "scalar": parse_scalar,
+            "list": parse_list,
+            "text": str,
+            "true": bool,
+        }
         pairs.append((key, parsers[parse](value)))
     return pairs
 
@@ -314,7 +328,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = _command(commands, "evaluate", cmd_evaluate, "score the best trials on fixed meta-test episodes")
     _evaluate_flags(evaluate)
     evaluate.add_argument(
-        "--untrained", metavar="FAMILY[,FAMILY]",
+        "--untrained",
+        metavar="FAMILY[,FAMILY]",
         help="also score each family's best trial as the network it started from, before meta-training",
     )
 

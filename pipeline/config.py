@@ -91,4 +91,3 @@ def _absolute(path: str, cwd: Path) -> Path:
 def _absolute_storage(where: str, cwd: Path) -> str:
     """A storage URI as is (without a trailing ``/``), a local path made absolute."""
     return where.rstrip("/") if storage.is_remote(where) else str(_absolute(where, cwd))
-

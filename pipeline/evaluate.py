@@ -206,9 +206,7 @@ def _evaluate_trial(
     )
     for ways, shots in todo:
         spec = EpisodeSpec(ways, shots, test.query)
-        episodes = fixed_episodes(
-            test_split, spec, test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
-        )
+        episodes = fixed_episodes(test_split, spec, test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec))
         counted = progress.count(episodes, lambda batch: batch.tasks)
         accuracy, ci95 = mean_ci95(episode_accuracies(learner, counted, device))
         results[setting_key(ways, shots)] = SettingScore(ways, shots, test.episodes, accuracy, ci95)

@@ -158,7 +158,11 @@ def _score(
     datasets.check_episode(store, "test", spec, f"{name} version {versions[0].number}'s setting")
     episodes = list(  # every version scores the same list
         fixed_episodes(
-            store.split("test"), spec, config.episodes.test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec)
+            store.split("test"),
+            spec,
+            config.episodes.test.episodes,
+            seed=config.seed,
+            batch_tasks=tasks_per_batch(spec),
         )
     )
     out(

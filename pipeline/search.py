@@ -34,9 +34,7 @@ STATE_FILE = "search_state.json"  # the MLflow parent run of the search, for --r
 METRIC = "val_accuracy"
 CURVES = ("loss", "train_accuracy", "val_accuracy")
 STATE_SAVE_SECONDS = 2
-LOST_TRIAL_NOTE = (
-    "the search was killed before Tune saved this trial; the resumed search ran another in its place"
-)
+LOST_TRIAL_NOTE = "the search was killed before Tune saved this trial; the resumed search ran another in its place"
 
 
 def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = False) -> SearchResult:
@@ -231,9 +229,7 @@ def _failed_attempts(experiment: Location) -> dict[str, int | None]:
 
     return {
         t.trial_id: t.num_failures if t.status in ("TERMINATED", "ERROR") else None
-        for t in ExperimentAnalysis(
-            experiment.path, storage_filesystem=_tune_filesystem(experiment)
-        ).trials
+        for t in ExperimentAnalysis(experiment.path, storage_filesystem=_tune_filesystem(experiment)).trials
     }
 
 
@@ -302,9 +298,7 @@ def _prune_checkpoints(trial_dir: Location, keep: set[str | None]) -> None:
 def _log_trial_artifacts(client, record: TrialRecord, result, chance: float) -> None:
     run_id = record.run_id
     client.log_dict(run_id, {k: v for k, v in dataclasses.asdict(record).items() if k != "run_id"}, "trial.json")
-    curves = {
-        key: sorted({m.step: m.value for m in client.get_metric_history(run_id, key)}.items()) for key in CURVES
-    }
+    curves = {key: sorted({m.step: m.value for m in client.get_metric_history(run_id, key)}.items()) for key in CURVES}
     if any(curves.values()):
         title = f"{record.family} trial {record.trial_id}"
         client.log_figure(run_id, learning_curve(curves, title, chance), "learning_curve.png")

@@ -217,7 +217,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-
 def log_dataset_report(client: MlflowClient, run_id: str, manifest: Mapping[str, Any]) -> None:
     """The dataset's build report (files read and skipped, shape, channels, conversions) as an
     artifact of ``run_id``; datasets built before reports existed have none to log."""

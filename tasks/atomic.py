@@ -123,4 +123,3 @@ def publish_dir(staging: Path, target: Path, *, replace: bool) -> None:
     fsync_path(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-

@@ -44,7 +44,6 @@ CHANNELS = (1, 3, "auto")
 _NOT_HASHED = ("path", "skip_unreadable")  # where the source lives; a setting that, off, builds nothing
 
 
-
 @dataclass(frozen=True)
 class BuildSpec:
     """What to build (the ``data`` section of a config). ``None`` means the source's default."""
@@ -288,9 +287,7 @@ def _write_files(plan: _Plan, directory: Path, say: Say) -> dict[str, Any]:
     for name, members in plan.split.items():
         writer = SplitWriting(plan.source, image_shape, resolved.rotations, plan.needs, plan.where, conversions)
         splits[name] = writer.write(name, members, directory / f"{name}.parquet", ticker)
-    report = build_report(
-        plan.survey, splits, image_shape, plan.channels_reason, dict(conversions), resolved.rotations
-    )
+    report = build_report(plan.survey, splits, image_shape, plan.channels_reason, dict(conversions), resolved.rotations)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

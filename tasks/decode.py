@@ -36,7 +36,8 @@ def image_extensions() -> tuple[str, ...]:
     """File extensions of every format Pillow can open here (stub formats without a decoder left out)."""
     Image.init()
     readable = {
-        fmt for fmt, (factory, _) in Image.OPEN.items()
+        fmt
+        for fmt, (factory, _) in Image.OPEN.items()
         if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
     }
     return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in readable))

@@ -29,6 +29,7 @@ def fetch(url: str, dest: Path, md5: str, timeout: float = 60.0) -> None:
     Raises :class:`DatasetError` naming the URL when it cannot be reached (no network, HTTP
     error) or when the bytes do not match the checksum.
     """
+
     def download(out: BinaryIO) -> None:
         digest = hashlib.md5()
         try:

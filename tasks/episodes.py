@@ -81,6 +81,4 @@ class EpisodeBatch:
     def task(self, index: int) -> EpisodeBatch:
         """The single task ``index`` as a batch of one."""
         sl = slice(index, index + 1)
-        return EpisodeBatch(
-            self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.ways
-        )
+        return EpisodeBatch(self.support_x[sl], self.support_y[sl], self.query_x[sl], self.query_y[sl], self.ways)

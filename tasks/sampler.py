@@ -68,9 +68,7 @@ def fixed_episodes(
     return _fixed(split, spec, episodes, seed, batch_tasks)
 
 
-def _fixed(
-    split: SplitStore, spec: EpisodeSpec, episodes: int, seed: int, batch_tasks: int
-) -> Iterator[EpisodeBatch]:
+def _fixed(split: SplitStore, spec: EpisodeSpec, episodes: int, seed: int, batch_tasks: int) -> Iterator[EpisodeBatch]:
     for start in range(0, episodes, batch_tasks):
         drawn = [
             _draw_rows(split, spec, 1, np.random.default_rng([seed, i]))

@@ -91,9 +91,7 @@ def check_class_images(needs: Sequence[EpisodeNeed], split_name: str, key: str, 
         )
 
 
-def _hint(
-    need: EpisodeNeed, have: int, required: int, method: str, counts: dict[str, int | float | None]
-) -> str:
+def _hint(need: EpisodeNeed, have: int, required: int, method: str, counts: dict[str, int | float | None]) -> str:
     """What to change when the source has classes enough for every split, just not this one."""
     options = []
     if need.split == "train":

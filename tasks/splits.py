@@ -36,9 +36,7 @@ def resolve_count(value: int | float, pool: int, field: str) -> int:
     """Number of classes that ``value`` (count or fraction) takes from a pool of ``pool``."""
     count = round(value * pool) if isinstance(value, float) else value
     if count >= pool:
-        raise ValueError(
-            f"{field}={value!r} takes {count} of the {pool} classes available, leaving none for training"
-        )
+        raise ValueError(f"{field}={value!r} takes {count} of the {pool} classes available, leaving none for training")
     return count
 
 

@@ -102,9 +102,7 @@ def _load_split(directory: Location, name: str, entry: dict[str, Any], shape: tu
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise DatasetError(
-            f"{path} is missing (split {name!r} of dataset {directory}; rebuild the dataset)"
-        ) from None
+        raise DatasetError(f"{path} is missing (split {name!r} of dataset {directory}; rebuild the dataset)") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
     table = _read_table(path, data, entry["bytes"])

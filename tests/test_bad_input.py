@@ -595,7 +595,9 @@ def world(tmp_path_factory, pipeline_ray) -> World:
     model = mlflow.pyfunc.load_model(source, dst_path=str(tmp_path_factory.mktemp("model")))
     test_split = DatasetStore.open(root / "dataset").split("test")
     episode = next(iter(fixed_episodes(test_split, EpisodeSpec(4, 1, 1), 1, seed=0)))
-    support = [(f"class-{y}", x.numpy()) for x, y in zip(episode.support_x[0], episode.support_y[0].tolist(), strict=True)]
+    support = [
+        (f"class-{y}", x.numpy()) for x, y in zip(episode.support_x[0], episode.support_y[0].tolist(), strict=True)
+    ]
     return World(root, (fingerprint, other), model, support, [x.numpy() for x in episode.query_x[0]])
 
 

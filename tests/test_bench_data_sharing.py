@@ -19,8 +19,10 @@ def test_bench_prints_both_paths_for_1_and_n_trials_and_the_ratio(pipeline_ray, 
         re.M,
     )
     assert [(path, int(n)) for path, n, *_ in rows] == [
-        ("storage (per-trial copy)", 1), ("storage (per-trial copy)", 2),
-        ("object-store (shared)", 1), ("object-store (shared)", 2),
+        ("storage (per-trial copy)", 1),
+        ("storage (per-trial copy)", 2),
+        ("object-store (shared)", 1),
+        ("object-store (shared)", 2),
     ], out
     memory = {(path, int(n)): [float(v.replace(",", "")) for v in values] for path, n, *values in rows}
     data_size = re.search(r"images of 3x84x84, ([\d.]+) MB", out)

@@ -1,4 +1,5 @@
-"""The benchmarks' memory and FLOP/s columns are produced and sane (tiny sizes; the figures belong to the benchmarks)."""
+"""The benchmarks' memory and FLOP/s columns are produced and sane (tiny sizes; the figures
+belong to the benchmarks)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def test_cpu_peak_counts_what_a_call_holds_at_once_not_what_it_allocates_in_all(
 
 
 def test_sizes_parse_and_print():
-    assert parse_size("2GiB") == 2 * 2**30 and parse_size("512 MiB") == 512 * 2**20 and parse_size("1.5GB") == 1_500_000_000
+    assert (
+        parse_size("2GiB") == 2 * 2**30
+        and parse_size("512 MiB") == 512 * 2**20
+        and parse_size("1.5GB") == 1_500_000_000
+    )
     assert parse_size("4096") == 4096 and format_size(3 * 2**29) == "1.50 GiB" and format_size(2**20) == "1.0 MiB"
     with pytest.raises(ValueError, match="expected a size such as 2GiB"):
         parse_size("lots")

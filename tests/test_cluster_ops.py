@@ -61,9 +61,7 @@ search:
 def write_config(root: Path, name: str, tracking: str, device: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.yaml"
-    path.write_text(
-        CONFIG.format(name=name, root=root, device=device, tracking=tracking, secret_name=SECRET_NAME)
-    )
+    path.write_text(CONFIG.format(name=name, root=root, device=device, tracking=tracking, secret_name=SECRET_NAME))
     assert main(["build", "-c", str(path)]) == 0
     return path
 

@@ -416,7 +416,7 @@ def _exec_form(keyword: str, arguments: str) -> list[str]:
 
 
 def test_parse_dockerfile_joins_continuations_and_drops_comments() -> None:
-    text = "# c\nFROM a:1\nRUN x \\\n  # inside\n  && y\n\nCMD [\"z\"]\n"
+    text = '# c\nFROM a:1\nRUN x \\\n  # inside\n  && y\n\nCMD ["z"]\n'
     assert parse_dockerfile(text) == [("FROM", "a:1"), ("RUN", "x && y"), ("CMD", '["z"]')]
 
 

@@ -75,7 +75,9 @@ def _meta_train(learner, split, steps: int, tasks: int) -> tuple[int, float]:
     return steps, time.monotonic() - start
 
 
-def _episode(tasks: int = 2, ways: int = 5, shots: int = 1, query: int = 2, seed: int = 0, shape=(1, 28, 28)) -> EpisodeBatch:
+def _episode(
+    tasks: int = 2, ways: int = 5, shots: int = 1, query: int = 2, seed: int = 0, shape=(1, 28, 28)
+) -> EpisodeBatch:
     g = torch.Generator().manual_seed(seed)
     return EpisodeBatch(
         support_x=torch.rand(tasks, ways * shots, *shape, generator=g),
@@ -208,8 +210,12 @@ def test_mann_shows_each_label_one_step_late():
 def _state(usage, read_weights, memory):
     b, h = read_weights.shape[:2]
     return MemoryState(
-        h=torch.zeros(b, 1), c=torch.zeros(b, 1), memory=memory, usage=usage,
-        read_weights=read_weights, reads=torch.zeros(b, h, memory.shape[-1]),
+        h=torch.zeros(b, 1),
+        c=torch.zeros(b, 1),
+        memory=memory,
+        usage=usage,
+        read_weights=read_weights,
+        reads=torch.zeros(b, h, memory.shape[-1]),
     )
 
 
@@ -224,7 +230,9 @@ def test_lrua_writes_to_the_least_used_rows_or_to_the_rows_read_last():
 
     # Gate closed (sigmoid(alpha) ~ 0): head i writes to the i-th least-used row, which is zeroed
     # first; nothing else changes.
-    new_memory, new_usage, reads_w, reads, write_w = lrua_step(state, keys, torch.full((1, 2), -40.0), 0.9, None, content)
+    new_memory, new_usage, reads_w, reads, write_w = lrua_step(
+        state, keys, torch.full((1, 2), -40.0), 0.9, None, content
+    )
     torch.testing.assert_close(write_w, F.one_hot(torch.tensor([[3, 1]]), 6).float())
     expected = memory.clone()
     expected[0, 3], expected[0, 1] = content[0, 0], content[0, 1]
@@ -302,7 +310,14 @@ METANET_MIN_ACCURACY, METANET_MIN_GAIN = 0.40, 0.15
 # core): ~22% after 250 steps, 33% after 750, 39% after 1,000, 44% after 1,250 and 46% after
 # 1,500 (28 s). The bar, 32% and 10 points over the untrained network (20%), holds from ~750
 # steps on; the test trains 1,500.
-MANN_HPARAMS: dict[str, Any] = {"encoder": "pixels", "controller_size": 128, "memory_slots": 16, "memory_size": 32, "read_heads": 1, "lr": 3e-3}
+MANN_HPARAMS: dict[str, Any] = {
+    "encoder": "pixels",
+    "controller_size": 128,
+    "memory_slots": 16,
+    "memory_size": 32,
+    "read_heads": 1,
+    "lr": 3e-3,
+}
 MANN_IMAGE_SIZE = 14
 MANN_STEPS, MANN_TASKS = 1500, 16
 MANN_MIN_ACCURACY, MANN_MIN_GAIN = 0.32, 0.10
@@ -320,7 +335,9 @@ def test_metanet_meta_learns_on_glyphs(trained_metanet):
     _, untrained, (accuracy, ci95), steps, seconds = trained_metanet
     print(f"metanet: untrained {untrained:.3f} -> {accuracy:.3f} +- {ci95:.3f} after {steps} steps in {seconds:.1f}s")
     assert accuracy >= METANET_MIN_ACCURACY, f"{accuracy:.3f} < {METANET_MIN_ACCURACY} after {steps} steps"
-    assert accuracy >= untrained + METANET_MIN_GAIN, f"{accuracy:.3f} not {METANET_MIN_GAIN} above untrained {untrained:.3f}"
+    assert accuracy >= untrained + METANET_MIN_GAIN, (
+        f"{accuracy:.3f} not {METANET_MIN_GAIN} above untrained {untrained:.3f}"
+    )
 
 
 def test_metanet_trained_predictions_rest_on_the_fast_weights(trained_metanet, test_episodes):
@@ -351,7 +368,9 @@ def small_glyphs(glyph_store):
 
 
 def test_mann_meta_learns_on_glyphs(small_glyphs):
-    episodes = [b.to("cpu") for b in fixed_episodes(small_glyphs.split("test"), SPEC, TEST_EPISODES, seed=7, batch_tasks=30)]
+    episodes = [
+        b.to("cpu") for b in fixed_episodes(small_glyphs.split("test"), SPEC, TEST_EPISODES, seed=7, batch_tasks=30)
+    ]
     learner = _learner("mann", small_glyphs.image_shape, **MANN_HPARAMS)
     untrained = _accuracy(learner, episodes)[0]
     steps, seconds = _meta_train(learner, small_glyphs.split("train"), MANN_STEPS, MANN_TASKS)

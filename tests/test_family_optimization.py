@@ -68,7 +68,12 @@ def test_episodes(glyphs):
 
 def _learner(family: str, image_shape, seed: int = 0, **hparams):
     torch.manual_seed(seed)
-    spec = {"family": family, "hparams": {**HPARAMS[family], **hparams}, "image_shape": list(image_shape), "ways": SPEC.ways}
+    spec = {
+        "family": family,
+        "hparams": {**HPARAMS[family], **hparams},
+        "image_shape": list(image_shape),
+        "ways": SPEC.ways,
+    }
     return build_learner(spec)
 
 
@@ -204,7 +209,10 @@ def test_metasgd_alpha_gradient_matches_explicit_autograd(path, first_order):
         for _ in range(2):
             loss = F.cross_entropy(functional_call(learner.net, fast, (sx,)), sy)
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            fast = {k: p - alpha[k] * (g if not first_order else g.detach()) for (k, p), g in zip(fast.items(), grads, strict=True)}
+            fast = {
+                k: p - alpha[k] * (g if not first_order else g.detach())
+                for (k, p), g in zip(fast.items(), grads, strict=True)
+            }
         query_loss = F.cross_entropy(functional_call(learner.net, fast, (qx,)), qy)
         for k, g in zip(alpha, torch.autograd.grad(query_loss, list(alpha.values())), strict=True):
             total[k] += g / b.tasks
@@ -228,8 +236,14 @@ def test_metasgd_learns_alpha_with_theta():
 def test_reptile_outer_step_interpolates_toward_the_explicitly_adapted_weights(path, inner_optimizer, inner_lr):
     epsilon = 0.4
     learner = _small(
-        Reptile, "reptile", path=path, inner_optimizer=inner_optimizer, inner_lr=inner_lr,
-        inner_steps=3, inner_batch=4, outer_lr=epsilon,
+        Reptile,
+        "reptile",
+        path=path,
+        inner_optimizer=inner_optimizer,
+        inner_lr=inner_lr,
+        inner_steps=3,
+        inner_batch=4,
+        outer_lr=epsilon,
     )
     b = _episode(tasks=3)
     theta = {k: p.detach().clone() for k, p in learner.net.named_parameters()}
@@ -266,8 +280,12 @@ def test_reptile_scores_queries_non_transductively_by_default():
         # Query 0's logits depend on the other queries only when batch-norm sees them all at once.
         assert torch.allclose(logits[:, 0], changed[:, 0], atol=1e-5) is not transductive
     learner = _small(Reptile, "reptile", test_inner_steps=3).float()
-    phi = learner._adapt_tasks("loop", b.support_x[:, None].expand(-1, 3, -1, -1, -1, -1), b.support_y[:, None].expand(-1, 3, -1))[0]
-    alone = functional_call(learner.net, {k: p[1] for k, p in phi.items()}, (torch.cat([b.support_x[1], b.query_x[1, 2:3]]),))[-1]
+    phi = learner._adapt_tasks(
+        "loop", b.support_x[:, None].expand(-1, 3, -1, -1, -1, -1), b.support_y[:, None].expand(-1, 3, -1)
+    )[0]
+    alone = functional_call(
+        learner.net, {k: p[1] for k, p in phi.items()}, (torch.cat([b.support_x[1], b.query_x[1, 2:3]]),)
+    )[-1]
     torch.testing.assert_close(learner.predict(b.support_x, b.support_y, b.query_x)[1, 2], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -303,7 +321,9 @@ def test_meta_lstm_cell_state_is_the_learner_parameters_updated_by_gates():
         assert (f > 0.98).all() and (i < 0.02).all()  # the paper's initialisation: keep θ, small steps
         expected = f * c0 - i * grad
         for path in ("loop", "vmap"):
-            torch.testing.assert_close(learner.adapt(path, b.support_x, b.support_y)[t].detach(), expected.detach(), rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(
+                learner.adapt(path, b.support_x, b.support_y)[t].detach(), expected.detach(), rtol=1e-9, atol=1e-12
+            )
 
 
 def test_meta_lstm_meta_gradient_is_first_order_in_the_learner_gradient():
@@ -311,7 +331,10 @@ def test_meta_lstm_meta_gradient_is_first_order_in_the_learner_gradient():
     through the cell state and gates only: no second derivative of the learner's loss is taken."""
     learner = _small(MetaLSTM, "meta_lstm", inner_steps=2, path="loop")
     b = _episode(tasks=2)
-    loss = F.cross_entropy(learner.query_logits(learner.adapt("loop", b.support_x, b.support_y), b.query_x).flatten(0, 1), b.query_y.flatten())
+    loss = F.cross_entropy(
+        learner.query_logits(learner.adapt("loop", b.support_x, b.support_y), b.query_x).flatten(0, 1),
+        b.query_y.flatten(),
+    )
     grads = torch.autograd.grad(loss, list(learner.parameters()), allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
     # With frozen gates f = 1, i = constant the update is SGD with a detached gradient, so the

@@ -36,7 +36,9 @@ def random_batch(shape, tasks=3, ways=3, shots=2, query=3, seed=0) -> EpisodeBat
 def pair(family: str, shape, ways: int, meta_lr=1e-3, **hparams) -> tuple[MAML, ReferenceFOMAML]:
     """A learn2tune learner and the reference on a copy of its initial weights."""
     torch.manual_seed(0)
-    learner = {"maml": MAML, "fomaml": FOMAML}[family](make_hparams(family, {"meta_lr": meta_lr, **hparams}), shape, ways)
+    learner = {"maml": MAML, "fomaml": FOMAML}[family](
+        make_hparams(family, {"meta_lr": meta_lr, **hparams}), shape, ways
+    )
     h = learner.hparams
     net = reference_network(shape, h.width, h.depth, ways)
     copy_weights(learner.net, net)
@@ -58,7 +60,9 @@ def test_one_meta_gradient_matches_the_reference_on_every_path(family, flag, inn
 
 
 def test_training_curves_match_the_reference(glyph_store):
-    store = glyph_store(synthetic_classes=60, synthetic_images_per_class=8, val_classes=5, test_classes=5, image_size=14, seed=5)
+    store = glyph_store(
+        synthetic_classes=60, synthetic_images_per_class=8, val_classes=5, test_classes=5, image_size=14, seed=5
+    )
     shape = store.image_shape
     learner, reference = pair("fomaml", shape, 5, meta_lr=1e-2, width=8, depth=3, path="split")
     sampler = EpisodeSampler(store.split("train"), EpisodeSpec(5, 1, 3), tasks=4, seed=0)

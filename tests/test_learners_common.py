@@ -20,7 +20,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.mark.parametrize(
     "shape, downsample, dim",
-    [((1, 28, 28), "pool", 64), ((1, 28, 28), "stride", 256), ((3, 84, 84), "pool", 1600), ((3, 84, 84), "stride", 2304)],
+    [
+        ((1, 28, 28), "pool", 64),
+        ((1, 28, 28), "stride", 256),
+        ((3, 84, 84), "pool", 1600),
+        ((3, 84, 84), "stride", 2304),
+    ],
 )
 def test_conv4_embedding_size(shape, downsample, dim):
     net = Conv4(shape, width=64, depth=4, downsample=downsample)
@@ -112,7 +117,11 @@ def test_registry_knows_the_families():
 
 @pytest.mark.parametrize(
     "family, hparams",
-    [("protonet", {"distance": "cosine"}), ("maml", {"path": "split", "test_inner_steps": 2}), ("fomaml", {"path": "loop"})],
+    [
+        ("protonet", {"distance": "cosine"}),
+        ("maml", {"path": "split", "test_inner_steps": 2}),
+        ("fomaml", {"path": "loop"}),
+    ],
 )
 def test_checkpoint_round_trip_gives_the_same_predictions(tmp_path, family, hparams):
     torch.manual_seed(0)

@@ -141,13 +141,17 @@ def test_auto_on_a_cpu_takes_the_first_candidate_that_runs_untimed():
 def test_a_memory_limit_makes_auto_take_the_first_path_that_fits():
     b = batch(tasks=4, dtype=torch.float32)
     reference = make()
-    split, loop = (peak_bytes(functools.partial(reference.compute, path, b), torch.device("cpu")) for path in ("split", "loop"))
+    split, loop = (
+        peak_bytes(functools.partial(reference.compute, path, b), torch.device("cpu")) for path in ("split", "loop")
+    )
     assert split > loop > 0  # at 4 tasks: split holds every task's inner trajectory at once, the loop one task's graph
     learner = two_paths(memory_limit=f"{(split + loop) // 2}B")
     with pytest.warns(UserWarning, match="skipping path 'nope'"):
         learner.meta_train_step(b)
     assert learner.paths.chosen == "loop" and learner.paths.peaks == {"split": split, "loop": loop}
-    assert learner.paths.reason.startswith("maml: path 'loop' (auto: first that runs, untimed off a GPU within memory_limit")
+    assert learner.paths.reason.startswith(
+        "maml: path 'loop' (auto: first that runs, untimed off a GPU within memory_limit"
+    )
     tight = two_paths(memory_limit="1KiB")
     with pytest.warns(UserWarning, match="no path fits memory_limit 0.0 MiB"):
         tight.meta_train_step(b)

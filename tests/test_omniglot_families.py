@@ -75,8 +75,17 @@ BUDGETS = {  # measured on the reference machine: untrained -> trained (95% CI) 
     "metanet": Budget(1000, 2, 0.85, {"width": 32, "representation_dim": 64, "hidden_dim": 64, "lr": 3e-3}),
     # 20.4% -> 72.1% +- 1.8 (4,914; pixels at 14x14)
     "mann": Budget(
-        4900, 16, 0.67,
-        {"encoder": "pixels", "controller_size": 128, "memory_slots": 16, "memory_size": 32, "read_heads": 1, "lr": 3e-3},
+        4900,
+        16,
+        0.67,
+        {
+            "encoder": "pixels",
+            "controller_size": 128,
+            "memory_slots": 16,
+            "memory_size": 32,
+            "read_heads": 1,
+            "lr": 3e-3,
+        },
         image_size=14,
     ),  # fmt: skip
 }
@@ -89,7 +98,9 @@ def omniglot(tasks_omniglot_dir, tmp_path_factory):
 
     def get(size: int) -> DatasetStore:
         if size not in stores:
-            spec = BuildSpec(source="omniglot", path=str(tasks_omniglot_dir), split="random", rotations=True, image_size=size)
+            spec = BuildSpec(
+                source="omniglot", path=str(tasks_omniglot_dir), split="random", rotations=True, image_size=size
+            )
             build_dataset(spec, root / f"omniglot-{size}")
             stores[size] = DatasetStore.open(root / f"omniglot-{size}")
         return stores[size]

@@ -24,5 +24,11 @@ def test_ui_command_binds_to_localhost(tmp_path):
     config = load_config(tmp_path / "tiny.yaml", cwd=tmp_path, environ=os.environ)
     command = ui_command(config)
     assert command[1:] == [
-        "ui", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--host", "127.0.0.1", "--port", "5000"
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
     ]

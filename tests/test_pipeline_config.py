@@ -54,7 +54,10 @@ def test_unknown_key_names_the_field_and_suggests(tmp_path):
         ("device=tpu", "device must be one of 'auto', 'cpu', 'cuda', got 'tpu'"),
         ("data.rotations=maybe", "data.rotations must be true or false, got 'maybe'"),
         ("name=has space", "name must be a name of letters"),
-        ("episodes.test.ways=[5, x]", "episodes.test.ways must be a non-empty list, each an integer >= 2, got [5, 'x']"),
+        (
+            "episodes.test.ways=[5, x]",
+            "episodes.test.ways must be a non-empty list, each an integer >= 2, got [5, 'x']",
+        ),
         ("search.grace_iterations=500", "search.grace_iterations (500) must be <= search.max_iterations (400)"),
         ("search.checkpoint_every=75", "must be a multiple of search.eval_every (50)"),
         ("search.grace_iterations=1.5", "search.grace_iterations must be a count of meta-iterations (an integer) or"),
@@ -117,18 +120,30 @@ def test_a_fixed_value_that_rules_out_a_searched_bound_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "search, expected",
     [
-        ("families: [protonet]\n  points_to_evaluate: {maml: {inner_lr: 0.4}}",
-         "search.points_to_evaluate.maml: 'maml' is not searched; search.families is protonet"),
-        ("families: [maml]\n  points_to_evaluate: {maml: {inner_lr: 0.4, test_inner_steps: 3}}",
-         "search.points_to_evaluate.maml.test_inner_steps: not a searched hyperparameter of maml"),
-        ("families: [maml]\n  fixed: {maml: {inner_lr: 0.4}}\n  points_to_evaluate: {maml: {inner_lr: 0.4}}",
-         "search.points_to_evaluate.maml.inner_lr: not a searched hyperparameter of maml (fixed ones"),
-        ("families: [maml]\n  points_to_evaluate: {maml: {inner_lr: 40.0}}",
-         "search.points_to_evaluate.maml.inner_lr: 40.0 is outside its search space Float("),
-        ("families: [maml]\n  points_to_evaluate: {maml: {width: 48}}",
-         "search.points_to_evaluate.maml.width: 48 is outside its search space Choice("),
-        ("families: [maml]\n  points_to_evaluate: {maml: 0.4}",
-         "search.points_to_evaluate.maml must be a mapping of searched hyperparameters, got 0.4"),
+        (
+            "families: [protonet]\n  points_to_evaluate: {maml: {inner_lr: 0.4}}",
+            "search.points_to_evaluate.maml: 'maml' is not searched; search.families is protonet",
+        ),
+        (
+            "families: [maml]\n  points_to_evaluate: {maml: {inner_lr: 0.4, test_inner_steps: 3}}",
+            "search.points_to_evaluate.maml.test_inner_steps: not a searched hyperparameter of maml",
+        ),
+        (
+            "families: [maml]\n  fixed: {maml: {inner_lr: 0.4}}\n  points_to_evaluate: {maml: {inner_lr: 0.4}}",
+            "search.points_to_evaluate.maml.inner_lr: not a searched hyperparameter of maml (fixed ones",
+        ),
+        (
+            "families: [maml]\n  points_to_evaluate: {maml: {inner_lr: 40.0}}",
+            "search.points_to_evaluate.maml.inner_lr: 40.0 is outside its search space Float(",
+        ),
+        (
+            "families: [maml]\n  points_to_evaluate: {maml: {width: 48}}",
+            "search.points_to_evaluate.maml.width: 48 is outside its search space Choice(",
+        ),
+        (
+            "families: [maml]\n  points_to_evaluate: {maml: 0.4}",
+            "search.points_to_evaluate.maml must be a mapping of searched hyperparameters, got 0.4",
+        ),
     ],
 )
 def test_points_to_evaluate_name_searched_knobs_inside_their_space(tmp_path, search, expected):
@@ -163,8 +178,12 @@ def test_exponent_floats_read_as_numbers_as_in_yaml_1_2(tmp_path):
 def test_grace_period_scales_with_max_iterations(tmp_path):
     assert load(tmp_path).search.grace_iterations == 100  # a quarter of the default 400, as before
     assert load(tmp_path, None, "search.max_iterations=60", "search.eval_every=10").search.grace_iterations == 15
-    assert load(tmp_path, None, "search.grace_iterations=0.5", "search.max_iterations=60",
-                "search.eval_every=10").search.grace_iterations == 30
+    assert (
+        load(
+            tmp_path, None, "search.grace_iterations=0.5", "search.max_iterations=60", "search.eval_every=10"
+        ).search.grace_iterations
+        == 30
+    )
     quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     assert load_config(quickstart, cwd=tmp_path, environ={}).search.grace_iterations == 100  # make run unchanged
     small = load_config(quickstart, [("search.max_iterations", 60)], cwd=tmp_path, environ={})

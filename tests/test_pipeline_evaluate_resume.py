@@ -71,12 +71,25 @@ def _search_output(root: Path) -> tuple[Path, list[TrialRecord]]:
         checkpoint = root / "runs" / "tune" / "resume" / trial_id / "checkpoint_000000"
         save_learner(learner, checkpoint, {"iteration": 5})
         run_id = tracking.start_run(client, experiment_id, trial_id, {tracking.TRIAL_TAG: trial_id}, parent)
-        trials.append(TrialRecord(
-            trial_id=trial_id, index=index, run_id=run_id, family="protonet", params=hparams,
-            hparams=dataclasses.asdict(learner.hparams), val_accuracy=0.9 - 0.1 * index, best_iteration=5,
-            iterations=5, checkpoint=str(checkpoint), final_checkpoint=str(checkpoint), error=None,
-            failed_attempts=0, node_id=None, device="cpu",
-        ))
+        trials.append(
+            TrialRecord(
+                trial_id=trial_id,
+                index=index,
+                run_id=run_id,
+                family="protonet",
+                params=hparams,
+                hparams=dataclasses.asdict(learner.hparams),
+                val_accuracy=0.9 - 0.1 * index,
+                best_iteration=5,
+                iterations=5,
+                checkpoint=str(checkpoint),
+                final_checkpoint=str(checkpoint),
+                error=None,
+                failed_attempts=0,
+                node_id=None,
+                device="cpu",
+            )
+        )
     result = SearchResult(
         experiment="resume",
         experiment_dir=str(config.experiment_dir),
@@ -109,7 +122,10 @@ def test_interrupted_evaluate_keeps_the_first_model_and_a_rerun_scores_only_the_
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with (tmp_path / "evaluate.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "evaluate", config_file], stdout=log, stderr=log, env=env,
+            [sys.executable, "-m", "pipeline.cli", "evaluate", config_file],
+            stdout=log,
+            stderr=log,
+            env=env,
             cwd=tmp_path,
         )
         deadline = time.monotonic() + 240
@@ -173,8 +189,13 @@ def test_scoring_progress_prints_eta_lines_and_warns_about_a_slow_model():
     lines: list[str] = []
     clock = Clock()
     progress = ScoringProgress(
-        "reptile trial 7", 600, lines.append, earlier_s=[10.0, 12.0], slow_hint="test_inner_steps 50",
-        every_s=30.0, clock=clock,
+        "reptile trial 7",
+        600,
+        lines.append,
+        earlier_s=[10.0, 12.0],
+        slow_hint="test_inner_steps 50",
+        every_s=30.0,
+        clock=clock,
     )
     clock.now = 20.0
     progress.advance(10)  # 2 s per episode: ~20 minutes for 600, 100x the others' 11 s

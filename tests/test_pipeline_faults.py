@@ -134,7 +134,9 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, 
     code = process.wait(timeout=120)
     before = saved_trials(experiment_dir)  # what --resume will find
     finished_before = {trial_id for trial_id, (status, _) in before.items() if status == "TERMINATED"}
-    interrupted = [trial_id for trial_id, (status, checkpointed) in before.items() if status != "TERMINATED" and checkpointed]
+    interrupted = [
+        trial_id for trial_id, (status, checkpointed) in before.items() if status != "TERMINATED" and checkpointed
+    ]
     assert finished_before and len(interrupted) == 1, before
     client = mlflow_client(tmp_path)
     if stop == signal.SIGINT:  # a graceful stop: a hint to resume, and no run left RUNNING

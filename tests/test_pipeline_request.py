@@ -55,14 +55,19 @@ def test_support_is_ordered_class_by_class_and_query_keeps_request_order():
         (pd.DataFrame({"role": ["query"], "image": ["x"]}), "no support rows"),
         (pd.DataFrame({"role": ["support", "support"], "label": ["a", "b"], "image": ["x", "y"]}), "no query rows"),
         (pd.DataFrame({"role": ["support", "query"], "image": ["x", "y"]}), "row 0: support rows need a label"),
-        (pd.DataFrame({"role": ["support", "Query"], "label": ["a", None], "image": ["x", "y"]}), "row 1: role must be"),
+        (
+            pd.DataFrame({"role": ["support", "Query"], "label": ["a", None], "image": ["x", "y"]}),
+            "row 1: role must be",
+        ),
         (pd.DataFrame({"role": ["support"], "label": ["a"]}), "missing column(s) image"),
         (
             pd.DataFrame({"role": ["support", "support", "query"], "label": ["a", "a", None], "image": ["x"] * 3}),
             "give at least 2 labels",
         ),
         (
-            pd.DataFrame({"role": ["support", "support", "query"], "label": ["a", "b", None], "image": ["x", "y", "z"]}),
+            pd.DataFrame(
+                {"role": ["support", "support", "query"], "label": ["a", "b", None], "image": ["x", "y", "z"]}
+            ),
             "row 0: image is not a base64-encoded PNG or JPEG",
         ),
     ],

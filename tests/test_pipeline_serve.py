@@ -60,13 +60,15 @@ def registry(tmp_path_factory, pipeline_ray):
     def config(name: str, family: str, iterations: int, data_seed: int = 0) -> str:
         path = root / f"{name}.yaml"
         path.write_text(
-            CONFIG.format(
-                name=name, root=root, family=family, iterations=iterations, data_seed=data_seed, model=MODEL
-            )
+            CONFIG.format(name=name, root=root, family=family, iterations=iterations, data_seed=data_seed, model=MODEL)
         )
         return str(path)
 
-    maml, protonet, other = config("maml", "maml", 10), config("protonet", "protonet", 40), config("other", "protonet", 10, 1)
+    maml, protonet, other = (
+        config("maml", "maml", 10),
+        config("protonet", "protonet", 40),
+        config("other", "protonet", 10, 1),
+    )
     steps = {}
     assert main(["run", maml]) == 0
     steps["first"] = _promote(protonet, [])  # any config of the same dataset and store will do
@@ -150,8 +152,10 @@ def test_serve_refuses_a_missing_version_in_one_line(registry):
         capture_output=True, text=True, timeout=120, env=_env(),
     )  # fmt: skip
     assert process.returncode == 2
-    assert process.stderr.strip() == f"learn2tune: error: model 'glyphs' in {registry['uri']} has no version 9 " \
+    assert (
+        process.stderr.strip() == f"learn2tune: error: model 'glyphs' in {registry['uri']} has no version 9 "
         "(registry.model_name / --name picks the model)"
+    )
 
 
 # --- the scoring server ----------------------------------------------------------------------
@@ -173,7 +177,9 @@ def test_split(registry):
     return DatasetStore.open(registry["root"] / "data-0").split("test")
 
 
-def test_served_champion_scores_the_evaluate_stages_episodes_exactly_as_evaluate_did(registry, champion_server, test_split):
+def test_served_champion_scores_the_evaluate_stages_episodes_exactly_as_evaluate_did(
+    registry, champion_server, test_split
+):
     evaluation = json.loads((registry["root"] / "runs/tune/protonet/evaluation.json").read_text())
     evaluated = evaluation["models"][0]["results"]["5w1s"]["accuracy"]
     correct = []
@@ -197,7 +203,9 @@ def test_served_predictions_equal_the_loaded_pyfunc(registry, champion_server, t
     served = champion_server.predict(support, query)
     body = request_body(support, query)["dataframe_split"]
     mlflow.set_tracking_uri(registry["uri"])
-    local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(pd.DataFrame(body["data"], columns=body["columns"]))
+    local = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
+        pd.DataFrame(body["data"], columns=body["columns"])
+    )
     assert [p.label for p in served] == local["label"].tolist()
     for remote, probabilities in zip(served, local["probabilities"], strict=True):
         assert remote.probabilities == pytest.approx(probabilities, abs=1e-6)
@@ -216,21 +224,30 @@ def test_images_of_another_size_are_resized_and_the_response_says_so(champion_se
 BAD_REQUESTS = {
     "no support set": (lambda s, q: request_body([], q), "no support rows"),
     "support row without a label": (
-        lambda s, q: _edit(request_body(s, q), 0, 1, None), "row 0: support rows need a label"
+        lambda s, q: _edit(request_body(s, q), 0, 1, None),
+        "row 0: support rows need a label",
     ),
     "labels do not match images": (
-        lambda s, q: {"dataframe_split": {"columns": ["role", "label", "image"], "data": [r[:2] for r in request_body(s, q)["dataframe_split"]["data"]]}},
+        lambda s, q: {
+            "dataframe_split": {
+                "columns": ["role", "label", "image"],
+                "data": [r[:2] for r in request_body(s, q)["dataframe_split"]["data"]],
+            }
+        },
         "",  # MLflow's own schema check; only the status and a message are asserted
     ),
     "not an image": (lambda s, q: _edit(request_body(s, q), 1, 2, "bm90IGFuIGltYWdl"), "row 1: image is not a base64"),
     "two colour channels": (
-        lambda s, q: _edit(request_body(s, q), 2, 2, np.zeros((2, 28, 28)).tolist()), "row 2: image of shape [2, 28, 28]"
+        lambda s, q: _edit(request_body(s, q), 2, 2, np.zeros((2, 28, 28)).tolist()),
+        "row 2: image of shape [2, 28, 28]",
     ),
     "far from square": (
-        lambda s, q: _edit(request_body(s, q), 0, 2, encode_image(np.zeros((10, 40), np.uint8))), "too far from square"
+        lambda s, q: _edit(request_body(s, q), 0, 2, encode_image(np.zeros((10, 40), np.uint8))),
+        "too far from square",
     ),
     "pixel values out of range": (
-        lambda s, q: _edit(request_body(s, q), 3, 2, np.full((28, 28), 300).tolist()), "values must be numbers in 0-255"
+        lambda s, q: _edit(request_body(s, q), 3, 2, np.full((28, 28), 300).tolist()),
+        "values must be numbers in 0-255",
     ),
     "one class only": (lambda s, q: request_body([s[0]], q), "the support set has one class"),
     "unknown role": (lambda s, q: _edit(request_body(s, q), 5, 0, "target"), "row 5: role must be"),
@@ -263,7 +280,9 @@ def test_more_ways_than_a_fixed_head_model_supports_gets_400(registry, test_spli
 
 def _task_images(batch, task: int) -> tuple[list[tuple[str, np.ndarray]], list[np.ndarray]]:
     """Support (label, uint8 C×H×W) pairs and query images of one task of an episode batch."""
-    support = [(f"class-{y}", x.numpy()) for x, y in zip(batch.support_x[task], batch.support_y[task].tolist(), strict=True)]
+    support = [
+        (f"class-{y}", x.numpy()) for x, y in zip(batch.support_x[task], batch.support_y[task].tolist(), strict=True)
+    ]
     return support, [x.numpy() for x in batch.query_x[task]]
 
 

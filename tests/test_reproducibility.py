@@ -41,10 +41,14 @@ def _batches(store: DatasetStore, seed: int) -> list[EpisodeBatch]:
 
 def _same_batches(a: list[EpisodeBatch], b: list[EpisodeBatch]) -> bool:
     fields = ("support_x", "support_y", "query_x", "query_y")
-    return len(a) == len(b) and all(torch.equal(getattr(x, f), getattr(y, f)) for x, y in zip(a, b, strict=True) for f in fields)
+    return len(a) == len(b) and all(
+        torch.equal(getattr(x, f), getattr(y, f)) for x, y in zip(a, b, strict=True) for f in fields
+    )
 
 
-def test_same_seed_rebuilds_the_same_bytes_and_episodes(tmp_path, tasks_small_dataset, tasks_small_spec, tasks_snapshot):
+def test_same_seed_rebuilds_the_same_bytes_and_episodes(
+    tmp_path, tasks_small_dataset, tasks_small_spec, tasks_snapshot
+):
     again = build_dataset(tasks_small_spec, tmp_path / "again")
     assert tasks_snapshot(tmp_path / "again") == tasks_snapshot(tasks_small_dataset)  # every file, byte for byte
     original = DatasetStore.open(tasks_small_dataset)

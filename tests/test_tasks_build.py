@@ -32,7 +32,9 @@ def test_manifest_counts_shapes_and_fingerprint(tasks_small_dataset, tasks_small
     assert files == ["manifest.json", "test.parquet", "train.parquet", "val.parquet"]
     assert manifest["image_shape"] == [1, 28, 28]
     assert {n: (s["classes"], s["images"]) for n, s in manifest["splits"].items()} == {
-        "train": (24, 240), "val": (8, 80), "test": (8, 80)
+        "train": (24, 240),
+        "val": (8, 80),
+        "test": (8, 80),
     }
     names = [n for s in manifest["splits"].values() for n in s["class_names"]]
     assert len(set(names)) == 40
@@ -126,9 +128,7 @@ def test_corrupt_folder_image_fails_atomically_naming_the_file(tmp_path):
 
 
 def test_rotations_make_four_classes_per_character(tmp_path):
-    spec = BuildSpec(
-        synthetic_classes=10, synthetic_images_per_class=4, val_classes=2, test_classes=2, rotations=True
-    )
+    spec = BuildSpec(synthetic_classes=10, synthetic_images_per_class=4, val_classes=2, test_classes=2, rotations=True)
     manifest = build_dataset(spec, tmp_path / "rot")
     train = manifest["splits"]["train"]
     assert (train["classes"], train["images"]) == (24, 96)

@@ -126,7 +126,9 @@ def test_omniglot_from_zips_and_folders_agree(tmp_path):
         assert infos == from_dir.classes()
         assert infos[1].key == "images_background/Alpha/character02"
         assert {(i.group, i.partition) for i in infos} == {
-            ("Alpha", "background"), ("Beta", "background"), ("Gamma", "evaluation")
+            ("Alpha", "background"),
+            ("Beta", "background"),
+            ("Gamma", "evaluation"),
         }
         key = infos[0].key
         images = from_zip.images(key)

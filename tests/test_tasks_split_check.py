@@ -68,7 +68,10 @@ def test_rotations_count_four_classes_each():
 
 def test_class_with_too_few_images_for_shots_and_query():
     check_class_images(_needs(5, 5), "test", "c1", 6, "x")
-    with pytest.raises(DatasetError, match=r"class 'c1' of split 'test' has 5 images but episodes.test asks for "
-                       r"shots \+ query = 1 \+ 5 = 6 per class: lower episodes.test.query or episodes.test.shots "
-                       r"so that shots \+ query <= 5"):
+    with pytest.raises(
+        DatasetError,
+        match=r"class 'c1' of split 'test' has 5 images but episodes.test asks for "
+        r"shots \+ query = 1 \+ 5 = 6 per class: lower episodes.test.query or episodes.test.shots "
+        r"so that shots \+ query <= 5",
+    ):
         check_class_images(_needs(5, 5), "test", "c1", 5, "x")
