@@ -134,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.report import run_summary
     from pipeline.search import RESULT_FILE, search
     from pipeline.tracking import check_server
+    from pipeline.ui import ui_hint
 
     config = _config(args)
     check_server(config.tracking.uri)
@@ -182,6 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.tracking import check_server, is_server
+    from pipeline.ui import ui_command, ui_hint
 
     config = _config(args)
     if is_server(config.tracking.uri):
@@ -198,31 +200,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def _terminal():
     """stdout when it is a terminal (progress lines are rewritten in place there), else None."""
     return sys.stdout if sys.stdout.isatty() else None
-
-
-def ui_hint(config: Config) -> str:
-    """How to open the MLflow UI: a tracking server serves it at its own URL (``mlflow ui`` cannot
-    open an HTTP store); a local store needs ``mlflow ui``."""
-    from pipeline.tracking import is_server
-
-    if is_server(config.tracking.uri):
-        return f"open {config.tracking.uri} in a browser (the tracking server serves the MLflow UI)"
-    return " ".join(ui_command(config))
-
-
-def ui_command(config: Config, port: int = 5000) -> list[str]:
-    """The ``mlflow ui`` command line for this config's tracking store, bound to 127.0.0.1."""
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    return [
-        str(mlflow_bin),
-        "ui",
-        "--backend-store-uri",
-        config.tracking.uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
 
 
 # ---------------------------------------------------------------- config from arguments

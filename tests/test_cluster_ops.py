@@ -25,10 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main, ui_hint
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.ray_runtime import _host_port
+from pipeline.ui import ui_hint
 
 LEARN2TUNE = str(Path(sys.executable).parent / "learn2tune")
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ def test_help_answers_in_under_a_second():
 
 
 def test_ui_command_binds_to_localhost(tmp_path):
-    from pipeline.cli import ui_command
     from pipeline.config import load_config
+    from pipeline.ui import ui_command
 
     (tmp_path / "tiny.yaml").write_text(f'name: clitest\ntracking: {{uri: "sqlite:///{tmp_path}/mlflow.db"}}\n')
     config = load_config(tmp_path / "tiny.yaml", cwd=tmp_path, environ=os.environ)
