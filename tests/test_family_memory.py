@@ -331,6 +331,7 @@ def trained_metanet(glyphs, test_episodes):
     return learner, untrained, _accuracy(learner, test_episodes), steps, seconds
 
 
+@pytest.mark.slow  # ~50 s each on 2 cores: MetaNet and MANN learn slowly; the tiny-case tests above stay in CI
 def test_metanet_meta_learns_on_glyphs(trained_metanet):
     _, untrained, (accuracy, ci95), steps, seconds = trained_metanet
     print(f"metanet: untrained {untrained:.3f} -> {accuracy:.3f} +- {ci95:.3f} after {steps} steps in {seconds:.1f}s")
@@ -340,6 +341,7 @@ def test_metanet_meta_learns_on_glyphs(trained_metanet):
     )
 
 
+@pytest.mark.slow  # ~50 s each on 2 cores: MetaNet and MANN learn slowly; the tiny-case tests above stay in CI
 def test_metanet_trained_predictions_rest_on_the_fast_weights(trained_metanet, test_episodes):
     """Zeroing the fast weights leaves the slow network, whose output layer knows nothing of this
     task's labels: the logits change and the accuracy falls back towards chance."""
@@ -367,6 +369,7 @@ def small_glyphs(glyph_store):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # ~50 s each on 2 cores: MetaNet and MANN learn slowly; the tiny-case tests above stay in CI
 def test_mann_meta_learns_on_glyphs(small_glyphs):
     episodes = [
         b.to("cpu") for b in fixed_episodes(small_glyphs.split("test"), SPEC, TEST_EPISODES, seed=7, batch_tasks=30)

@@ -41,6 +41,7 @@ search:
 """
 
 
+@pytest.mark.slow  # 600 iterations on real Omniglot, ~2.5 min on 2 cores
 def test_short_protonet_run_reaches_95_percent_5way_1shot_on_the_test_split(tmp_path, tasks_omniglot_dir, pipeline_ray):
     (tmp_path / "omniglot.yaml").write_text(CONFIG.format(root=tmp_path, omniglot=tasks_omniglot_dir))
     assert main(["run", str(tmp_path / "omniglot.yaml")]) == 0
