@@ -38,6 +38,7 @@ from functools import partial
 import torch
 
 from benchmarks import memory
+from benchmarks.batches import IMAGE, QUERY, SHOTS, WAYS, random_batch
 from benchmarks.flops import (
     MATMUL_FLOPS,
     MATMUL_SIZE,
@@ -46,15 +47,7 @@ from benchmarks.flops import (
     matmul_flops_per_s,
     matmul_reference,
 )
-from benchmarks.maml import (
-    IMAGE,
-    QUERY,
-    SHOTS,
-    WAYS,
-    device_name,
-    interleaved_medians,
-    random_batch,
-)
+from benchmarks.maml import device_name, interleaved_medians
 from benchmarks.metric_plain import PLAIN_FAMILIES, plain_learner, plain_step
 from learners.base import Learner
 from learners.checkpoint import build_learner

@@ -41,10 +41,12 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 import torch  # noqa: E402
 
+from benchmarks.batches import WAYS, random_batch, timed  # noqa: E402
 from learners.base import Learner, synchronize  # noqa: E402
 from learners.checkpoint import build_learner  # noqa: E402
 from learners.maml import MAML  # noqa: E402
 from learners.meta_gradient import PATHS  # noqa: E402
+from learners.peak_memory import format_size, peak_bytes  # noqa: E402
 from learners.registry import family_names  # noqa: E402
 from tasks.episodes import EpisodeBatch  # noqa: E402
 
@@ -67,6 +69,10 @@ class Sizes:
     runs: int  # timed runs per measurement
     packing_steps: int
 
+    def batch(self, device: torch.device, tasks: int) -> EpisodeBatch:
+        """The seeded random meta-batch of these sizes."""
+        return random_batch(device, tasks, image=self.image, query=self.query)
+
 
 FULL = Sizes((1, 28, 28), {}, {}, 8, 32, 15, (1, 5), 5, 20)
 TINY = Sizes(
@@ -85,22 +91,8 @@ TINY = Sizes(
     1,
     1,
 )
-WAYS, SHOTS = 5, 1
 
 Row = tuple[str, str, str, str]  # check, setting, result, reference
-
-
-def seeded_batch(sizes: Sizes, tasks: int, device: torch.device, seed: int = 0) -> EpisodeBatch:
-    """Random uint8 images made float on ``device``, labels class by class."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def labels(n: int) -> torch.Tensor:
-        return torch.arange(WAYS).repeat_interleave(n).expand(tasks, -1).contiguous()
-
-    def images(n: int) -> torch.Tensor:
-        return torch.randint(0, 256, (tasks, WAYS * n, *sizes.image), generator=gen, dtype=torch.uint8)
-
-    return EpisodeBatch(images(SHOTS), labels(SHOTS), images(sizes.query), labels(sizes.query), WAYS).to(device)
 
 
 def build(family: str, sizes: Sizes, device: torch.device, **hparams: object) -> Learner:
@@ -135,9 +127,9 @@ def check_families(sizes: Sizes, device: torch.device) -> list[Row]:
             say(f"family {family}")
             hparams = sizes.steps.get(family, {})
             on_device = build(family, sizes, device, **hparams)
-            logits, losses = run_family(on_device, seeded_batch(sizes, sizes.tasks, device))
+            logits, losses = run_family(on_device, sizes.batch(device, sizes.tasks))
             reference = build(family, sizes, cpu, **hparams)
-            ref_logits, ref_losses = run_family(reference, seeded_batch(sizes, sizes.tasks, cpu))
+            ref_logits, ref_losses = run_family(reference, sizes.batch(cpu, sizes.tasks))
             loss_diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, ref_losses, strict=True)]
             diffs = [relative(logits, ref_logits), *loss_diffs]
             verdict = "ok" if max(diffs) <= AGREE else "DIFFERS"
@@ -151,31 +143,19 @@ def check_families(sizes: Sizes, device: torch.device) -> list[Row]:
 def measure(fn: Callable[[], object], device: torch.device, runs: int) -> tuple[float, int | None]:
     """Median seconds of ``fn`` after one warm-up, and its peak memory above the start (CUDA only)."""
     fn()
-    times = []
-    peak: int | None = None
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            start_bytes = torch.cuda.memory_allocated(device)
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        if device.type == "cuda":
-            peak = max(peak or 0, torch.cuda.max_memory_allocated(device) - start_bytes)
-    return statistics.median(times), peak
+    seconds = statistics.median([timed(fn, device) for _ in range(runs)])
+    return seconds, peak_bytes(fn, device) if device.type == "cuda" else None
 
 
 def mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.0f} MiB"
+    return "-" if n is None else format_size(n)
 
 
 def check_maml_paths(sizes: Sizes, device: torch.device, compile_too: bool) -> tuple[list[Row], str]:
     """Rows of check 2, and the fastest path at one inner step, second order (check 3 runs it)."""
     rows: list[Row] = []
     paths = [p for p in PATHS if compile_too or p != COMPILED]
-    batch = seeded_batch(sizes, sizes.maml_tasks, device)
+    batch = sizes.batch(device, sizes.maml_tasks)
     fastest = "loop"
     for first_order, steps in [(False, s) for s in sizes.inner_steps] + [(True, 1)]:
         setting = f"{'first' if first_order else 'second'} order, {steps} inner step{'s' * (steps > 1)}"
@@ -202,7 +182,7 @@ def check_maml_paths(sizes: Sizes, device: torch.device, compile_too: bool) -> t
 def check_maml_speed(sizes: Sizes, device: torch.device, path: str) -> list[Row]:
     say(f"maml meta-iterations/s by {path}")
     learner = build("maml", sizes, device, path=path)
-    batch = seeded_batch(sizes, sizes.maml_tasks, device)
+    batch = sizes.batch(device, sizes.maml_tasks)
     seconds, peak = measure(lambda: learner.meta_train_step(batch), device, sizes.runs)
     setting = f"5-way 1-shot, meta-batch {sizes.maml_tasks}, {'x'.join(map(str, sizes.image))}, path {path}"
     reference = f"TorchBench functorch MAML ~{TORCHBENCH_MAML_A100:.0f} it/s on an A100"
@@ -213,7 +193,7 @@ def check_packing(sizes: Sizes, device: torch.device) -> list[Row]:
     """Four learners in four threads of this process against one alone."""
     say(f"packing: {PACKED} protonet learners in one process")
     learners = [build("protonet", sizes, device) for _ in range(PACKED)]
-    batch = seeded_batch(sizes, sizes.tasks, device)
+    batch = sizes.batch(device, sizes.tasks)
     losses: list[list[float]] = [[] for _ in learners]
 
     def train(index: int) -> None:

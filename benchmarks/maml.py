@@ -40,15 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import flops, memory
+from benchmarks.batches import IMAGE, QUERY, SHOTS, WAYS, random_batch, timed
 from benchmarks.flops import MATMUL_SIZE
-from learners.base import synchronize
 from learners.maml import AUTO_POLICY, MAML
 from learners.meta_gradient import PATHS
 from learners.registry import make_hparams
 from pipeline.cli import Parser
 from tasks.episodes import EpisodeBatch
-
-WAYS, SHOTS, QUERY, TASKS, IMAGE = 5, 1, 15, 32, (1, 28, 28)
 
 
 def clone_module(module: nn.Module) -> nn.Module:
@@ -105,30 +103,9 @@ class BaselineMAML:
         self.optimizer.step()
 
 
-def random_batch(device: torch.device, seed: int = 0, tasks: int = TASKS) -> EpisodeBatch:
-    """A seeded random meta-batch: uint8 images made float in [0, 1] by ``EpisodeBatch.to``."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def labels(per_class: int) -> torch.Tensor:
-        return torch.arange(WAYS).repeat_interleave(per_class).expand(tasks, -1).contiguous()
-
-    def images(per_class: int) -> torch.Tensor:
-        return torch.randint(0, 256, (tasks, WAYS * per_class, *IMAGE), generator=gen, dtype=torch.uint8)
-
-    return EpisodeBatch(images(SHOTS), labels(SHOTS), images(QUERY), labels(QUERY), WAYS).to(device)
-
-
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU and its thread count."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def interleaved_medians(methods: dict[str, Callable[[], object]], iters: int, device: torch.device) -> dict[str, float]:

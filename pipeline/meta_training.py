@@ -1,7 +1,7 @@
 """The one meta-training loop: draw episodes, step, refuse a diverging loss, report, mark checkpoints.
 
 The Tune trainable (:mod:`pipeline.trainable`) and the Omniglot table benchmark
-(:mod:`benchmarks.omniglot_training`) both train through :func:`meta_train`; what a report becomes (MLflow
+(:mod:`benchmarks.omniglot_cell`) both train through :func:`meta_train`; what a report becomes (MLflow
 metrics and ``tune.report`` with a checkpoint, or a point of a training curve) is the caller's callback.
 Nothing here imports Ray, so a benchmark trains without Tune.
 """
