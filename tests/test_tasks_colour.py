@@ -4,8 +4,11 @@ dataset records."""
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from tasks.build import BuildSpec, build_dataset
+from tasks.decode import read_image
+from tasks.preprocess import prepare
 from tasks.store import DatasetStore
 from tasks.synthetic import SyntheticSource
 
@@ -59,3 +62,39 @@ def test_synthetic_build_with_three_channels_stores_colour_84x84(tmp_path):
     grey = build_dataset(BuildSpec(synthetic_classes=12, synthetic_images_per_class=3, val_classes=3, test_classes=3),
                          tmp_path / "grey")  # fmt: skip
     assert grey["fingerprint"] != manifest["fingerprint"] and DatasetStore.open(tmp_path / "grey").channels == 1
+
+
+def _photos(root, colour: bool) -> None:
+    """6 classes of 3 photos of mixed sizes (PNG and JPEG) under ``root/<class>/``."""
+    rng = np.random.default_rng(0)
+    for c in range(6):
+        (root / f"class {c}").mkdir(parents=True)
+        for i, (height, width, kind) in enumerate(((120, 100, "png"), (50, 50, "jpg"), (84, 84, "png"))):
+            shape = (height, width, 3) if colour else (height, width)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / f"class {c}" / f"{i}.{kind}")
+
+
+def test_a_colour_folder_is_stored_in_colour_at_84x84(tmp_path):
+    _photos(tmp_path / "photos", colour=True)
+    spec = BuildSpec(source="folder", path=str(tmp_path / "photos"), image_size=84, val_classes=2, test_classes=2)
+    manifest = build_dataset(spec, tmp_path / "d")
+    assert manifest["image_shape"] == [3, 84, 84] and manifest["build"]["channels"] == 3
+    assert manifest["report"]["channels_reason"].startswith("data.channels auto: 18 of 18 images are colour")
+    assert manifest["report"]["conversions"] == {"resized to 84x84": 12}
+    store = DatasetStore.open(tmp_path / "d")
+    train = store.split("train")
+    name = train.class_names[0]
+    expected = [prepare(read_image(tmp_path / "photos" / name / f"{i}.{kind}")[0], 84, 3)
+                for i, kind in enumerate(("png", "jpg", "png"))]  # fmt: skip
+    assert store.channels == 3 and np.array_equal(train.class_images(0), np.stack(expected))
+
+
+def test_a_grey_folder_asked_for_three_channels_repeats_the_grey_and_says_so(tmp_path):
+    _photos(tmp_path / "photos", colour=False)
+    spec = BuildSpec(source="folder", path=str(tmp_path / "photos"), image_size=84, channels=3, val_classes=2,
+                     test_classes=2)  # fmt: skip
+    manifest = build_dataset(spec, tmp_path / "d")
+    assert manifest["image_shape"] == [3, 84, 84] and manifest["report"]["channels_reason"] == "data.channels: 3"
+    assert manifest["report"]["conversions"]["grey to RGB (channel repeated)"] == 18
+    images = DatasetStore.open(tmp_path / "d").split("test").images
+    assert np.array_equal(images[:, 0], images[:, 1]) and np.array_equal(images[:, 1], images[:, 2])
