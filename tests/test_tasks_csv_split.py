@@ -134,3 +134,18 @@ def test_a_csv_split_too_small_for_the_episodes_is_told_to_list_more_classes_not
         "split 'val' gets 2 classes but episodes.train (used for validation) asks for 5-way episodes: "
         "lower episodes.train.ways to 2 or list more classes in val.csv"
     )
+
+
+def test_the_mini_imagenet_config_builds_a_fake_of_its_layout(tmp_path, capsys):
+    """configs/mini-imagenet.yaml as the README gives it, on 5 classes of 20 tiny images per split
+    (enough for its 5-way, 5-shot, 15-query test episodes)."""
+    from pipeline.cli import main
+
+    labels = write_layout(tmp_path / "mini", {"train": 5, "val": 5, "test": 5}, images=20, size=4)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "mini-imagenet.yaml")
+    argv = ["build", "-c", config, "--path", str(tmp_path / "mini"), "--out", str(tmp_path / "d"),
+            "--set", f"workdir={tmp_path / 'runs'}"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    store = DatasetStore.open(tmp_path / "d")
+    assert store.image_shape == (3, 84, 84) and store.manifest["build"]["split"] == "csv"
+    assert {name: store.split(name).class_names for name in labels} == labels
