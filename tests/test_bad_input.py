@@ -117,7 +117,7 @@ def csv_layout(change: Callable[[Path], object] = lambda root: None) -> Setup:
     return setup
 
 
-def append_line(name: str, line: str) -> Callable[[Path], None]:
+def append_line(name: str, line: str) -> Callable[[Path], object]:
     return lambda root: (root / name).write_text((root / name).read_text() + line + "\n")
 
 
