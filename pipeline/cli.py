@@ -293,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("-c", "--config", help="YAML config file")
     build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
-    build.add_argument("--split", help="class split: random | by-alphabet")
+    build.add_argument("--split", help="class split: random | by-alphabet | csv (default: the source's)")
     build.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as new classes")
     build.add_argument("--out", help="dataset directory (default: <workdir>/datasets/<name>)")
     build.add_argument("--overwrite", action="store_true", help="replace a dataset built with other settings")

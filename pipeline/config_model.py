@@ -38,7 +38,7 @@ class DataConfig(Section):
 
     source: SkipValidation[str] = "synthetic"  # synthetic | omniglot | folder
     path: SkipValidation[str | None] = None
-    split: SkipValidation[str] = "random"  # random | by-alphabet
+    split: SkipValidation[str | None] = None  # random | by-alphabet | csv; null: the source's own (csv-split: csv)
     # a class count, or a fraction of the classes; null: the source's default
     val_classes: SkipValidation[int | float | None] = None
     test_classes: SkipValidation[int | float | None] = None

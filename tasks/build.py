@@ -36,7 +36,7 @@ from tasks.say import Say
 from tasks.source import Source
 from tasks.split_check import EpisodeNeed, check_classes
 from tasks.split_writing import SplitWriting, Ticker
-from tasks.splits import METHODS, SPLIT_NAMES, ClassSplit, split_classes
+from tasks.splits import COUNTED, METHODS, SPLIT_NAMES, ClassSplit, split_classes
 from tasks.storage import Location
 
 _DATASET_FILES = {MANIFEST_NAME, *(f"{name}.parquet" for name in SPLIT_NAMES)}
@@ -50,7 +50,7 @@ class BuildSpec:
 
     source: str = "synthetic"  # a name in tasks.sources
     path: str | None = None  # zips dir / extracted dir / image folder root
-    split: str = "random"  # random | by-alphabet (a method the source offers)
+    split: str | None = None  # random | by-alphabet | csv (a method the source offers); None -> its first
     val_classes: int | float | None = None  # None -> the source's class_counts (omniglot 172, else 0.15)
     test_classes: int | float | None = None  # None -> the source's class_counts (omniglot 423, else 0.2)
     rotations: bool = False  # add 90/180/270 degree copies as new classes
@@ -65,10 +65,12 @@ class BuildSpec:
         """This spec with every ``None`` default replaced by the source's value."""
         source = sources.source_class(self.source)
         val, test = source.class_counts
+        split = source.split_methods[0] if self.split is None else self.split
         return dataclasses.replace(
             self,
-            val_classes=val if self.val_classes is None else self.val_classes,
-            test_classes=test if self.test_classes is None and self.split == "random" else self.test_classes,
+            split=split,
+            val_classes=val if self.val_classes is None and split in COUNTED else self.val_classes,
+            test_classes=test if self.test_classes is None and split == "random" else self.test_classes,
             channels=source.default_channels if self.channels is None else self.channels,
         )
 
@@ -86,15 +88,22 @@ def validate_build_spec(spec: BuildSpec) -> None:
         raise ValueError(f"data.path is required for source {spec.source!r} ({source.path_note})")
     if source.path_use == "unused" and spec.path is not None:
         raise ValueError(f"data.path does not apply to source {spec.source!r} ({source.path_note}); leave it unset")
-    if spec.split not in METHODS:
-        raise ValueError(f"data.split must be one of {', '.join(METHODS)}, got {spec.split!r}")
-    if spec.split not in source.split_methods:
+    if spec.split is not None and spec.split not in METHODS:
+        raise ValueError(f"data.split must be one of {', '.join(METHODS)} or null (the source's), got {spec.split!r}")
+    if spec.split is not None and spec.split not in source.split_methods:
         offered = " or ".join(map(repr, sources.offering(spec.split)))
         raise ValueError(f"data.split {spec.split!r} needs source {offered}, got {spec.source!r}")
-    if spec.split == "by-alphabet" and spec.test_classes is not None:
+    split = spec.split or source.split_methods[0]
+    if split == "by-alphabet" and spec.test_classes is not None:
         raise ValueError(
             "data.test_classes does not apply to split 'by-alphabet' (the evaluation set is the test split)"
         )
+    for name in ("val_classes", "test_classes"):
+        if split not in COUNTED and getattr(spec, name) is not None:
+            raise ValueError(
+                f"data.{name} does not apply to split {split!r} (train.csv, val.csv and test.csv list each "
+                "split's classes); leave it unset"
+            )
     for name in ("val_classes", "test_classes"):
         value = getattr(spec, name)
         fraction = isinstance(value, float) and 0.0 < value < 1.0
@@ -122,13 +131,15 @@ def build_params(spec: BuildSpec) -> dict[str, Any]:
 
     The path is left out (the source digest covers the content, wherever it lives), and so
     are the settings of other sources and ``skip_unreadable`` (with it off, a source with
-    unreadable files builds nothing). The source adds its ``fingerprint_params`` (a folder
-    build, the decoder's version).
+    unreadable files builds nothing), and the seed of a ``csv`` split (the source's files give
+    it: nothing is drawn). The source adds its ``fingerprint_params`` (a folder build, the
+    decoder's version).
     """
     source = sources.source_class(spec.source)
+    resolved = spec.resolved()
     others = {name for other in sources.source_names() for name in sources.source_class(other).settings}
-    dropped = {*_NOT_HASHED, *(others - set(source.settings))}
-    params = {k: v for k, v in dataclasses.asdict(spec.resolved()).items() if k not in dropped}
+    dropped = {*_NOT_HASHED, *(others - set(source.settings)), *(() if resolved.split in COUNTED else ("seed",))}
+    params = {k: v for k, v in dataclasses.asdict(resolved).items() if k not in dropped}
     params.update(source.fingerprint_params)
     params["format_version"] = FORMAT_VERSION
     params["resize_filter"] = RESIZE_FILTER
@@ -191,18 +202,19 @@ def write_dataset(
         return existing
     resolved = spec.resolved()
     survey = source.survey()
-    assert resolved.channels is not None, "BuildSpec.resolved() fills in the source's default"
+    assert resolved.channels is not None and resolved.split is not None, "resolved() fills in the source's defaults"
+    method = resolved.split
     channels, channels_reason = choose_channels(resolved.channels, survey)
     resolved = dataclasses.replace(resolved, channels=channels)
     classes = source.classes()
     where = f"{source.kind} source{f' {source.location}' if source.location else ''}"
     try:
-        split = split_classes(classes, resolved.split, resolved.val_classes, resolved.test_classes, resolved.seed)
+        split = split_classes(classes, method, resolved.val_classes, resolved.test_classes, resolved.seed)
     except ValueError as exc:  # the source has too few classes for the split the spec asks for
         raise DatasetError(f"{where}: {exc}") from None
     counts = {"val_classes": spec.val_classes, "test_classes": spec.test_classes}
     counts = {k: getattr(resolved, k) if v is None else v for k, v in counts.items()}
-    check_classes(needs, split, rotations=resolved.rotations, method=resolved.split, counts=counts, where=where)
+    check_classes(needs, split, rotations=resolved.rotations, method=method, counts=counts, where=where)
     say(
         f"{where}: {len(classes)} classes -> "
         + ", ".join(f"{name} {len(members)}" for name, members in split.items())

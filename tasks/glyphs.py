@@ -11,10 +11,13 @@ values, every sample point becomes a Gaussian pen dab weighted by the arc length
 separable the whole image is one ``[H, P] @ [P, W]`` product. The summed profile is clipped
 into a solid stroke with soft edges at twice the target size, then 2x2 box-downsampled.
 Strokes are bright (255) on a dark (0) background, as the Omniglot source stores them.
+Colour glyphs paint those drawings: the ink in a class's pen colour over its background colour
+(:func:`colour_images`).
 """
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,3 +144,40 @@ def glyph_images(
     """``count`` drawings of ``glyph`` as ``uint8 [count, size, size]``."""
     points, pens = _instances(glyph, count, rng, variation)
     return render(points, glyph.polyline, pens, size)
+
+
+@dataclass(frozen=True)
+class Palette:
+    """The colours of one colour glyph class: its pen and its background, RGB in [0, 1]."""
+
+    pen: np.ndarray  # [3]
+    background: np.ndarray  # [3]
+
+
+def random_palette(rng: np.random.Generator) -> Palette:
+    """A bright, saturated pen colour on a dark background of another hue: the ink stays the
+    brightest part of the image, as in the grey glyphs, whatever the hues."""
+    hue = rng.uniform(0.0, 1.0)
+    pen = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.8, 1.0))
+    ground = colorsys.hsv_to_rgb((hue + rng.uniform(0.25, 0.75)) % 1.0, rng.uniform(0.3, 0.9), rng.uniform(0.1, 0.4))
+    return Palette(np.array(pen), np.array(ground))
+
+
+def colour_images(ink: np.ndarray, palette: Palette, rng: np.random.Generator) -> np.ndarray:
+    """Grey glyph drawings ``uint8 [n, H, W]`` (255 = ink) painted in ``palette``: ``uint8 [n, H, W, 3]``.
+
+    Each instance shifts both colours a little and lays a gentle linear shading in a random
+    direction over its background, so no two drawings share their exact colours.
+    """
+    n, height, width = ink.shape
+    pen = np.clip(palette.pen + rng.normal(0.0, 0.04, size=(n, 3)), 0.0, 1.0)
+    ground = np.clip(palette.background + rng.normal(0.0, 0.05, size=(n, 3)), 0.0, 1.0)
+    angle = rng.uniform(0.0, 2 * np.pi, size=n)
+    y, x = np.meshgrid(np.linspace(-0.5, 0.5, height), np.linspace(-0.5, 0.5, width), indexing="ij")
+    ramp = np.cos(angle)[:, None, None] * x + np.sin(angle)[:, None, None] * y  # [n, H, W] in [-0.71, 0.71]
+    strength = rng.uniform(0.05, 0.15, size=(n, 1, 1, 1))
+    shade = strength * ramp[..., None]
+    background = np.clip(ground[:, None, None, :] + shade, 0.0, 1.0)
+    alpha = (ink.astype(np.float32) / 255.0)[..., None]
+    image = background * (1.0 - alpha) + pen[:, None, None, :] * alpha
+    return np.rint(image * 255.0).astype(np.uint8)

@@ -27,7 +27,8 @@ PathUse = Literal["required", "optional", "unused"]
 @dataclass(frozen=True)
 class ClassInfo:
     """One class of a source: its unique ``key``, its ``group`` (an Omniglot alphabet, a parent
-    folder, a synthetic alphabet) and, for Omniglot, its ``partition`` (background/evaluation)."""
+    folder, a synthetic alphabet) and, for Omniglot, its ``partition`` (background/evaluation);
+    for a ``csv`` split, the split whose CSV lists it (train/val/test)."""
 
     key: str
     group: str
@@ -60,7 +61,7 @@ class Source(abc.ABC):
     kind: ClassVar[str]  # its name in tasks.sources, recorded in the manifest
     path_use: ClassVar[PathUse] = "optional"  # whether it reads data.path
     path_note: ClassVar[str] = ""  # what data.path is to it, or why it takes none (for the errors)
-    split_methods: ClassVar[tuple[str, ...]] = ("random",)  # the data.split values it offers
+    split_methods: ClassVar[tuple[str, ...]] = ("random",)  # the data.split values it offers; the first: default
     class_counts: ClassVar[tuple[int | float, int | float]] = (0.15, 0.2)  # default val, test classes
     default_channels: ClassVar[int | str] = 1  # data.channels when unset: 1, 3 or "auto"
     settings: ClassVar[tuple[str, ...]] = ()  # the BuildSpec fields only this source reads

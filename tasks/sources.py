@@ -21,6 +21,7 @@ _SOURCES: dict[str, str] = {
     "synthetic": "tasks.synthetic:SyntheticSource",
     "omniglot": "tasks.omniglot:OmniglotSource",
     "folder": "tasks.folder:FolderSource",
+    "csv-split": "tasks.csv_split:CsvSplitSource",
 }
 
 

@@ -69,7 +69,7 @@ def check_classes(
         if feasible:
             hint = _hint(need, have, required[need.split], method, counts)
         else:
-            hint = _fewer_ways_hint(total, factor) + (
+            hint = _fewer_ways_hint(total, factor, method) + (
                 f" (the source's {total} classes are fewer than the {sum(required.values())} that train, val and "
                 f"test episodes need together{' with rotations' if rotations else ''})"
             )
@@ -94,28 +94,32 @@ def check_class_images(needs: Sequence[EpisodeNeed], split_name: str, key: str, 
 def _hint(need: EpisodeNeed, have: int, required: int, method: str, counts: dict[str, int | float | None]) -> str:
     """What to change when the source has classes enough for every split, just not this one."""
     options = []
-    if need.split == "train":
+    counted = method != "csv"  # a csv split's classes are the source's files', not counts
+    if counted and need.split == "train":
         options.append(
             f"lower data.val_classes ({counts.get('val_classes')!r}) or data.test_classes "
             f"({counts.get('test_classes')!r}) so that train keeps {required} classes"
         )
-    elif need.split == "val" or method == "random":
+    elif counted and (need.split == "val" or method == "random"):
         name = f"data.{need.split}_classes"
         options.append(f"set {name} to {required} or more (now {counts.get(f'{need.split}_classes')!r})")
     if have >= MIN_WAYS:
         options.append(f"lower {need.field}.ways to {_ways_range(have)}")
+    if not counted:
+        options.append(f"list more classes in {need.split}.csv")
     return " or ".join(options)
 
 
-def _fewer_ways_hint(total: int, factor: int) -> str:
+def _fewer_ways_hint(total: int, factor: int, method: str) -> str:
     """The most ways that train, val and test episodes can all have from ``total`` source classes."""
     ways = max((w for w in range(MIN_WAYS, total * factor + 1) if 3 * math.ceil(w / factor) <= total), default=0)
     if not ways:
         return "add classes to the image source"
     each = math.ceil(ways / factor)
+    where = "in val.csv and test.csv" if method == "csv" else "(data.val_classes, data.test_classes)"
     return (
         f"lower episodes.train.ways and episodes.test.ways to {_ways_range(ways)} and give val "
-        f"and test {each} classes each (data.val_classes, data.test_classes), or add classes to the image source"
+        f"and test {each} classes each {where}, or add classes to the image source"
     )
 
 

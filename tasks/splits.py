@@ -2,10 +2,12 @@
 
 ``random``: ``test`` classes are drawn from all classes, then ``val`` classes from the rest;
 the remainder is ``train``. ``by-alphabet`` (Omniglot, Lake et al.): the evaluation set is
-``test`` and ``val`` is drawn from the background set. A count is an int (number of
-classes) or a float in (0, 1) (fraction of the pool it is drawn from). Each split's classes
-are returned sorted by key. Rotated copies are made later, per split, so a character and its
-rotations always land in the same split.
+``test`` and ``val`` is drawn from the background set. ``csv`` (mini-ImageNet, tiered-ImageNet:
+Ravi & Larochelle's ``train.csv`` / ``val.csv`` / ``test.csv``): the split the source's files
+give, each class's ``partition`` naming its split; nothing is drawn, so no counts and no seed
+apply. A count is an int (number of classes) or a float in (0, 1) (fraction of the pool it is
+drawn from). Each split's classes are returned sorted by key. Rotated copies are made later,
+per split, so a character and its rotations always land in the same split.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 
 from tasks.source import ClassInfo
 
-METHODS = ("random", "by-alphabet")
+METHODS = ("random", "by-alphabet", "csv")
+COUNTED = ("random", "by-alphabet")  # the methods that draw classes by data.val_classes (and test_classes)
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -45,9 +48,11 @@ def split_classes(
 ) -> ClassSplit:
     """Split ``classes`` by ``method`` (see the module docstring); ``ValueError`` names the
     setting (``data.split``, ``data.val_classes``, ``data.test_classes``) that cannot be met.
-    ``test`` is ignored by ``by-alphabet``; otherwise both counts are required."""
+    ``test`` is ignored by ``by-alphabet``, both counts by ``csv``; otherwise both are required."""
     rng = np.random.default_rng(seed)
     ordered = sorted(classes, key=lambda c: c.key)
+    if method == "csv":
+        return _given_split(ordered)
     if val is None:
         raise ValueError("data.val_classes must be set (a class count or a fraction)")
     if method == "random":
@@ -81,4 +86,19 @@ def split_classes(
                 f"split {name!r} gets no classes out of {len(ordered)} "
                 f"(data.val_classes={val!r}, data.test_classes={test!r}); each split needs at least one"
             )
+    return split
+
+
+def _given_split(ordered: list[ClassInfo]) -> ClassSplit:
+    """The split the source's own files give: each class's ``partition`` is its split's name."""
+    partitions = {c.partition for c in ordered}
+    if not partitions <= set(SPLIT_NAMES):
+        raise ValueError(
+            "data.split 'csv' needs classes listed in train.csv, val.csv and test.csv; "
+            f"this source has partitions {sorted(map(str, partitions))}"
+        )
+    split = ClassSplit(*([c for c in ordered if c.partition == name] for name in SPLIT_NAMES))
+    for name, members in split.items():
+        if not members:
+            raise ValueError(f"split {name!r} gets no classes: {name}.csv lists none")
     return split

@@ -74,6 +74,11 @@ class DatasetStore:
         self.image_shape: tuple[int, int, int] = (c, h, w)
         self._splits: dict[str, SplitStore] = {}
 
+    @property
+    def channels(self) -> int:
+        """1 (grey) or 3 (RGB): what every image of the dataset holds (``image_shape[0]``)."""
+        return self.image_shape[0]
+
     @classmethod
     def open(cls, path: str | Path | Location) -> DatasetStore:
         """Open the dataset at ``path`` (a local path, a storage URI or Location), reading and

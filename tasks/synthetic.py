@@ -2,6 +2,11 @@
 
 Class ``i`` depends only on ``(seed, i)``, so a larger ``classes`` count keeps the smaller
 set's classes unchanged. Every 20 consecutive classes form one "alphabet" (the group key).
+
+With ``channels`` 3 (``data.channels: 3``) the same drawings come in colour: each class has its
+own pen and background colours (:func:`tasks.glyphs.random_palette`, drawn from a stream of its
+own, so the shapes are those of the grey glyphs) and each drawing shifts them a little. The grey
+glyphs' digests are those of before colour existed, so their datasets keep their fingerprints.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
 GENERATOR_VERSION = 1  # bump whenever the drawing changes, so old fingerprints go stale
 CLASSES_PER_ALPHABET = 20
 _KEY_PREFIX = "glyph_"
+_COLOUR_STREAM = 1  # the third seed word of a class's colours (its shapes use the first two)
 
 
 class SyntheticSource(Source):
@@ -33,20 +39,25 @@ class SyntheticSource(Source):
     path_note = "it draws its images"
     settings = ("synthetic_classes", "synthetic_images_per_class")
 
-    def __init__(self, classes: int = 400, images_per_class: int = 20, image_size: int = 28, seed: int = 0) -> None:
-        if classes < 1 or images_per_class < 1 or image_size < 4:
+    def __init__(
+        self, classes: int = 400, images_per_class: int = 20, image_size: int = 28, seed: int = 0, channels: int = 1
+    ) -> None:
+        if classes < 1 or images_per_class < 1 or image_size < 4 or channels not in (1, 3):
             raise ValueError(
-                f"synthetic source needs classes >= 1, images_per_class >= 1 and image_size >= 4, "
-                f"got {classes}, {images_per_class}, {image_size}"
+                f"synthetic source needs classes >= 1, images_per_class >= 1, image_size >= 4 and channels 1 or 3, "
+                f"got {classes}, {images_per_class}, {image_size}, {channels}"
             )
         self.num_classes = classes
         self.images_per_class = images_per_class
         self.image_size = image_size
         self.seed = seed
+        self.channels = channels
 
     @classmethod
     def open(cls, spec: BuildSpec, progress: Say | None = None) -> SyntheticSource:
-        return cls(spec.synthetic_classes, spec.synthetic_images_per_class, spec.image_size, spec.seed)
+        """Colour glyphs when ``data.channels`` is 3, grey ones otherwise (``auto`` finds them grey)."""
+        channels = 3 if spec.channels == 3 else 1
+        return cls(spec.synthetic_classes, spec.synthetic_images_per_class, spec.image_size, spec.seed, channels)
 
     @property
     def location(self) -> None:
@@ -62,9 +73,14 @@ class SyntheticSource(Source):
         return list(self.class_images(_class_index(key, self.num_classes)))
 
     def class_images(self, index: int) -> np.ndarray:
-        """The drawings of class ``index`` as one ``uint8 [images_per_class, size, size]`` array."""
+        """The drawings of class ``index`` as one ``uint8 [images_per_class, size, size]`` array
+        (``[images_per_class, size, size, 3]`` in colour)."""
         rng = np.random.default_rng([self.seed, index])
-        return glyphs.glyph_images(glyphs.random_glyph(rng), self.images_per_class, self.image_size, rng)
+        ink = glyphs.glyph_images(glyphs.random_glyph(rng), self.images_per_class, self.image_size, rng)
+        if self.channels == 1:
+            return ink
+        paint = np.random.default_rng([self.seed, index, _COLOUR_STREAM])
+        return glyphs.colour_images(ink, glyphs.random_palette(paint), paint)
 
     def digest(self) -> str:
         """Hash of the generator version and its parameters (the images follow from them)."""
@@ -74,6 +90,7 @@ class SyntheticSource(Source):
             "images_per_class": self.images_per_class,
             "image_size": self.image_size,
             "seed": self.seed,
+            **({"channels": self.channels} if self.channels != 1 else {}),
         }
         return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 

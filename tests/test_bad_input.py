@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from csv_layout import write_layout
 from PIL import Image
 
 from deploy.client import encode_image, request_body
@@ -105,6 +106,21 @@ def image_folder(classes: int, images: int, broken: str | None = None) -> Setup:
     return setup
 
 
+def csv_layout(change: Callable[[Path], object] = lambda root: None) -> Setup:
+    """``{tmp}/mini``: the mini-ImageNet layout (tests/csv_layout.py) with 3 classes of 3 images per
+    split, labels n01000007 ... n01000063, then ``change(root)``."""
+
+    def setup(tmp: Path, world: World) -> None:
+        write_layout(tmp / "mini", {"train": 3, "val": 3, "test": 3}, images=3)
+        change(tmp / "mini")
+
+    return setup
+
+
+def append_line(name: str, line: str) -> Callable[[Path], object]:
+    return lambda root: (root / name).write_text((root / name).read_text() + line + "\n")
+
+
 def damaged(change: Callable[..., None], *args: str) -> Setup:
     """``{tmp}/dataset``: a copy of the run's dataset, then ``change(copy, *args)``."""
     return lambda tmp, world: change(shutil.copytree(world.root / "dataset", tmp / "dataset"), *args)
@@ -147,6 +163,7 @@ def edited_record(name: str, change: Callable[[dict], None]) -> Setup:
 # ---------------------------------------------------------------- the table
 
 SEARCH_COPY = "learn2tune search {config} --set data.dir={tmp}/dataset"
+CSV_BUILD = "learn2tune build csv-split -c {config} --path {tmp}/mini --out {tmp}/out"
 UNREACHABLE = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused at once
 STORE = "sqlite:///{root}/mlflow.db"
 
@@ -197,7 +214,7 @@ MISTAKES = [
     Mistake(
         "config-unknown-source", "misspells the data source",
         "learn2tune build -c {config} --set data.source=omniglott",
-        "config error: data.source must be one of synthetic, omniglot, folder, got 'omniglott'; "
+        "config error: data.source must be one of synthetic, omniglot, folder, csv-split, got 'omniglott'; "
         "did you mean 'omniglot'?",
     ),
     Mistake(
@@ -277,6 +294,37 @@ MISTAKES = [
         "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
         "; remove it, or set data.skip_unreadable: true to skip and count such files",
         image_folder(classes=10, images=3, broken="class3/1.png"),
+    ),
+    Mistake(
+        "source-csv-missing", "builds the mini-ImageNet layout from a copy that lacks val.csv",
+        CSV_BUILD,
+        "{tmp}/mini: val.csv not found (expected images/ and train.csv, val.csv, test.csv of filename,label rows",
+        csv_layout(lambda root: (root / "val.csv").unlink()),
+    ),
+    Mistake(
+        "source-csv-listed-file-missing", "builds the mini-ImageNet layout with an image the CSV lists deleted",
+        CSV_BUILD,
+        "{tmp}/mini/images/n0100000700000001.png (listed in train.csv line 3) does not exist",
+        csv_layout(lambda root: (root / "images" / "n0100000700000001.png").unlink()),
+    ),
+    Mistake(
+        "source-csv-class-in-two-splits", "lists a training class in test.csv too",
+        CSV_BUILD,
+        "{tmp}/mini: class 'n01000007' is listed in train.csv line 2 and in test.csv line 11; a class belongs to one "
+        "split (train or test)",
+        csv_layout(append_line("test.csv", "n0100000700000009.png,n01000007")),
+    ),
+    Mistake(
+        "source-csv-bad-header", "gives train.csv another header",
+        CSV_BUILD,
+        "{tmp}/mini/train.csv: the header is 'file,class', expected 'filename,label'",
+        csv_layout(lambda root: (root / "train.csv").write_text("file,class\na.png,n1\n")),
+    ),
+    Mistake(
+        "source-csv-bad-row", "has a row with a third field in val.csv",
+        CSV_BUILD,
+        "{tmp}/mini/val.csv line 11: expected two non-empty fields filename,label, got 'x.png,n01000028,extra'",
+        csv_layout(append_line("val.csv", "x.png,n01000028,extra")),
     ),
     Mistake(
         "build-split-too-small-for-ways", "builds 14 classes whose val split (2) is too small for 3-way episodes",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from deploy.client import ServingError, encode_image, request_body
 from deploy.local_server import free_port, local_server
@@ -219,6 +220,19 @@ def test_images_of_another_size_are_resized_and_the_response_says_so(champion_se
     predictions = champion_server.predict(big, query)
     assert predictions[0].notes == "5 image(s) resized from 56×56 to 28×28"
     assert predictions[0].label in {label for label, _ in support}
+
+
+def test_colour_images_sent_to_a_grey_model_are_converted_and_the_response_says_so(champion_server, test_split):
+    batch = next(iter(fixed_episodes(test_split, EpisodeSpec(5, 1, 2), 1, seed=7)))
+    support, query = _task_images(batch, 0)
+    tinted = [(label, (image[0][..., None] * np.array([1.0, 0.6, 0.2])).astype(np.uint8)) for label, image in support]
+    predictions = champion_server.predict(tinted, query)
+    assert [p.notes for p in predictions] == ["5 image(s) converted from RGB to grayscale"] * len(query)
+    luma = [(label, np.asarray(Image.fromarray(image).convert("L"))) for label, image in tinted]
+    same = champion_server.predict(luma, query)  # what the conversion gives, sent as grey
+    assert [p.label for p in predictions] == [p.label for p in same] and same[0].notes == ""
+    for converted, grey in zip(predictions, same, strict=True):
+        assert converted.probabilities == pytest.approx(grey.probabilities, abs=1e-6)
 
 
 BAD_REQUESTS = {

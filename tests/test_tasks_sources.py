@@ -239,7 +239,7 @@ def test_a_new_source_is_one_module_plus_one_registry_line(tmp_path, monkeypatch
 
     capsys.readouterr()
     assert main(["build", "stripe", *config]) == EXIT_USER_ERROR
-    assert "data.source must be one of synthetic, omniglot, folder, stripes, got 'stripe'; did you mean 'stripes'?" in (
+    assert "must be one of synthetic, omniglot, folder, csv-split, stripes, got 'stripe'; did you mean 'stripes'?" in (
         capsys.readouterr().err
     )
     assert main(["build", "stripes", *config, "--path", str(tmp_path)]) == EXIT_USER_ERROR
