@@ -6,8 +6,10 @@ so trials running side by side in one Ray worker process cannot log into each ot
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,25 @@ def make_client(uri: str) -> MlflowClient:
 
     check_server(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the block, then back to what it
+    resolved from before (``MLFLOW_TRACKING_URI``, else MLflow's default).
+
+    For the one call that needs it: MLflow 3.17's SQL registry store resolves a model version's
+    ``models:/<model_id>`` source with ``MlflowClient()``, the process-wide URI, whatever the
+    client it was called through says. A tracking server resolves it with its own store.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def is_server(uri: str) -> bool:
