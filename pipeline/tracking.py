@@ -66,7 +66,7 @@ def process_tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it, as MLflow itself does
 
 
 def is_server(uri: str) -> bool:
@@ -174,16 +174,22 @@ def trial_run(
     client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, name: str
 ) -> tuple[str, bool]:
     """The child run of trial ``trial_id`` and whether it is new (a restarted trial reuses its run)."""
+    run = find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, False
+    tags = {TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+    return start_run(client, experiment_id, name, tags, parent_run_id), True
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> Any:
+    """The child run of ``parent_run_id`` for trial ``trial_id``, or None."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
         max_results=1,
     )
-    if runs:
-        client.update_run(runs[0].info.run_id, status="RUNNING")
-        return runs[0].info.run_id, False
-    tags = {TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
-    return start_run(client, experiment_id, name, tags, parent_run_id), True
+    return runs[0] if runs else None
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
