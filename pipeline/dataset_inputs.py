@@ -84,6 +84,11 @@ def search_inputs(manifest: Mapping[str, Any], location: Location) -> list[Split
     return split_inputs(manifest, location, SEARCH_SPLITS)
 
 
+def test_inputs(manifest: Mapping[str, Any], location: Location) -> list[SplitInput]:
+    """The input evaluate adds to the runs it scores: test."""
+    return split_inputs(manifest, location, ["test"])
+
+
 def log_inputs(client: MlflowClient, run_ids: Iterable[str], inputs: Sequence[SplitInput]) -> None:
     """Log ``inputs`` on each run of ``run_ids`` (an input a run already has is kept once)."""
     entities = [split.entity() for split in inputs]

@@ -106,7 +106,7 @@ def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: Te
         + (f"; keeping the scores of {record.kept} model(s) an earlier evaluate finished" if record.kept else "")
     )
     scored_runs = [parent_run_id, *(t.run_id for t in [*candidates, *baselines] if t.run_id)]
-    dataset_inputs.log_inputs(client, scored_runs, dataset_inputs.split_inputs(store.manifest, store.location, ["test"]))
+    dataset_inputs.log_inputs(client, scored_runs, dataset_inputs.test_inputs(store.manifest, store.location))
     device = pick_device(config.device)
     test_split = store.split("test")
     seconds = record.earlier_seconds()
