@@ -1,5 +1,6 @@
 """The registered model's format, in one place: how a learner checkpoint becomes an MLflow pyfunc
-model, how it is logged to a run, and how its learner is read back.
+model, how it is logged (an MLflow 3 logged model of the run that trained it), and how its
+learner is read back.
 
 Layout: an MLflow pyfunc model from code (``deploy/pyfunc_entry.py``, so nothing pickled),
 its ``learner`` artifact the checkpoint's ``learner.json`` and ``learner.pt``, the ``deploy``,
@@ -27,21 +28,24 @@ from learners.checkpoint import SPEC_FILE, WEIGHTS_FILE, load_learner
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
-    from mlflow.models import ModelSignature
+    from mlflow.entities import LoggedModel
+    from mlflow.models import Model, ModelSignature
 
     from learners.base import Learner
 
 LEARNER_ARTIFACT = "learner"  # a directory holding learner.json and learner.pt
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pillow")
 ENTRY_POINT = Path(__file__).with_name("pyfunc_entry.py")
+MODEL_TYPE = "learn2tune-few-shot"  # the logged model's type, to search and compare them in MLflow
 
 
 class NotAFewShotModel(ValueError):
     """The model loads, but it is not a :class:`deploy.fewshot_model.FewShotModel`."""
 
 
-def save_model(checkpoint: Path, model_dir: Path) -> None:
-    """Write the pyfunc model of the learner checkpoint in ``checkpoint`` to ``model_dir`` (new)."""
+def save_model(checkpoint: Path, model_dir: Path, mlflow_model: Model | None = None) -> None:
+    """Write the pyfunc model of the learner checkpoint in ``checkpoint`` to ``model_dir`` (new);
+    ``mlflow_model`` carries the ids of the logged model it will be uploaded to."""
     import mlflow.pyfunc
 
     learner, _ = load_learner(checkpoint)  # a checkpoint that does not load is not saved
@@ -58,17 +62,37 @@ def save_model(checkpoint: Path, model_dir: Path) -> None:
             pip_requirements=_requirements(),
             signature=_signature(),
             input_example=_input_example(learner.image_shape, learner.ways),
+            mlflow_model=mlflow_model,
         )
 
 
-def log_model(client: MlflowClient, run_id: str, checkpoint: Path, artifact_path: str) -> str:
-    """Save the model of ``checkpoint`` under ``artifact_path`` of run ``run_id``; returns its URI
-    (the source to register a version from)."""
-    with tempfile.TemporaryDirectory(prefix="learn2tune-model-") as tmp:
-        model_dir = Path(tmp) / artifact_path
-        save_model(checkpoint, model_dir)
-        client.log_artifacts(run_id, str(model_dir), artifact_path)
-    return f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+def log_model(client: MlflowClient, run_id: str, checkpoint: Path, name: str) -> LoggedModel:
+    """The model of ``checkpoint`` as an MLflow 3 logged model named ``name``, produced by run
+    ``run_id`` (the run's Models column and the experiment's Models tab show it); READY once
+    its files are uploaded. Register a version from ``models:/<model_id>``.
+
+    What ``mlflow.pyfunc.log_model`` does, through ``client`` only: that function reads the
+    process-wide tracking URI, which the stages never set (several stores may be in use).
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    run = client.get_run(run_id)
+    model = client.create_logged_model(
+        run.info.experiment_id, name=name, source_run_id=run_id, params=run.data.params, model_type=MODEL_TYPE
+    )
+    try:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="learn2tune-model-") as tmp:
+            model_dir = Path(tmp) / name
+            ids = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
+                        model_id=model.model_id)  # fmt: skip
+            save_model(checkpoint, model_dir, ids)
+            client.log_model_artifacts(model.model_id, str(model_dir))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
 def load_model_learner(model_uri: str, tracking_uri: str, device: Any = "cpu") -> Learner:

@@ -120,6 +120,8 @@ class RayConfig(Section):
 class TrackingConfig(Section):
     uri: Derived = ""
     experiment: Derived = ""
+    # MLflow's system/... metrics (CPU, memory, disk, network) on each trial run; needs psutil
+    system_metrics: Boolean = False
 
 
 class StorageConfig(Section):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
-from pipeline import datasets, tracking
+from pipeline import dataset_inputs, datasets, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
@@ -105,6 +105,8 @@ def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: Te
         + f", {test.episodes} test episodes per setting ({', '.join(setting_key(w, s) for w, s in test.settings())})"
         + (f"; keeping the scores of {record.kept} model(s) an earlier evaluate finished" if record.kept else "")
     )
+    scored_runs = [parent_run_id, *(t.run_id for t in [*candidates, *baselines] if t.run_id)]
+    dataset_inputs.log_inputs(client, scored_runs, dataset_inputs.test_inputs(store.manifest, store.location))
     device = pick_device(config.device)
     test_split = store.split("test")
     seconds = record.earlier_seconds()

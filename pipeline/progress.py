@@ -10,6 +10,7 @@ from ray.tune import Callback
 from pipeline.errors import error_reason
 from pipeline.space import FAMILY_KEY, INDEX_KEY
 from pipeline.table import format_params
+from pipeline.trial_stops import MAX_ITERATIONS_KEY, stop_wording
 
 ERROR_FILE = "error.txt"  # Tune's file of a trial's tracebacks, one per failed attempt
 
@@ -42,7 +43,7 @@ class ProgressLines(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result.get("iteration", 0)
-        self._out(f"  [{trial.trial_id}] stopped at iteration {last}")
+        self._out(f"  [{trial.trial_id}] {stop_wording(last, trial.last_result.get(MAX_ITERATIONS_KEY, last))}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._out(

@@ -76,6 +76,8 @@ class TrialRecord:
     # Where its last report came from (a restarted trial may have moved); None in older files.
     node_id: str | None = None
     device: str | None = None
+    # max_iterations, asha or error (pipeline.trial_runs); None in older files
+    stop_reason: str | None = None
 
     @property
     def evaluable(self) -> bool:

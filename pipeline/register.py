@@ -1,8 +1,9 @@
 """The register stage: the evaluated winner as an MLflow pyfunc model version, alias ``candidate``.
 
 Reads ``evaluation.json`` and the winner's checkpoint (downloaded first from an object store);
-logs the model (:mod:`deploy.model_format` owns its format) under the winning trial's run,
-registers it as ``registry.model_name`` and tags the version with what it is and how it scored
+logs the model (:mod:`deploy.model_format` owns its format) as an MLflow 3 logged model of the
+winning trial's run, registers the version from it (source ``models:/<model_id>``) as
+``registry.model_name`` and tags the version with what it is and how it scored
 (:class:`pipeline.records.VersionTags`). Only an explicit MlflowClient is used (no fluent
 tracking-URI state).
 """
@@ -19,7 +20,7 @@ from tasks import storage
 from tasks.say import Say as Out
 
 ALIAS = "candidate"
-MODEL_ARTIFACT_PATH = "model"
+MODEL_NAME = "model"  # the logged model's name on the trial run
 
 
 def register(config: Config, out: Out) -> RegisteredVersion:
@@ -39,7 +40,7 @@ def register(config: Config, out: Out) -> RegisteredVersion:
     with storage.local_copy(location, "learn2tune-ckpt-") as checkpoint:  # downloaded when remote
         if not (checkpoint / SPEC_FILE).is_file() or not (checkpoint / WEIGHTS_FILE).is_file():
             raise PipelineError(missing)
-        source = model_format.log_model(client, winner.run_id, checkpoint, MODEL_ARTIFACT_PATH)
+        logged = model_format.log_model(client, winner.run_id, checkpoint, MODEL_NAME)
     tags = VersionTags(
         family=winner.family,
         trial_id=winner.trial_id,
@@ -54,7 +55,10 @@ def register(config: Config, out: Out) -> RegisteredVersion:
         selection=str(evaluation.selection),
     )
     _ensure_registered_model(client, name)
-    version = client.create_model_version(name, source, run_id=winner.run_id, tags=tags.to_tags()).version
+    with tracking.process_tracking_uri(config.tracking.uri):  # MLflow resolves the models:/ source with it
+        version = client.create_model_version(
+            name, f"models:/{logged.model_id}", run_id=winner.run_id, tags=tags.to_tags(), model_id=logged.model_id
+        ).version
     client.set_registered_model_alias(name, ALIAS, version)
     registered = RegisteredVersion(name, str(version), tags)
     client.set_tag(evaluation.mlflow.parent_run_id, "learn2tune.registered_model", f"{name} version {version} @{ALIAS}")

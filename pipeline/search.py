@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 
 from learners.registry import make_hparams
-from pipeline import datasets, tracking
+from pipeline import dataset_inputs, datasets, run_context, tracking
 from pipeline.config import Config, grace_iterations
 from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, error_reason
 from pipeline.io import read_json, write_json_atomic
@@ -26,6 +26,7 @@ from pipeline.records import DatasetRef, MlflowRef, SearchResult, TrialRecord, V
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
+from pipeline.trial_stops import ASHA, ERROR, stop_reason
 from tasks.say import Say as Out
 from tasks.storage import Location
 
@@ -44,6 +45,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     experiment = config.experiment_location
     state = _interrupted_search(experiment) if resume else None
     tracking.check_server(config.tracking.uri)  # before Ray starts; a local store is created only below
+    run_context.check_system_metrics(config.tracking.system_metrics)
     connect(config.ray.address, environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
     shared = share_dataset(store) if config.search.data == "object-store" else None
@@ -54,6 +56,8 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
         _set_aside_previous(experiment, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
         tracking.log_dataset_report(client, state["parent_run_id"], store.manifest)
+        inputs = dataset_inputs.search_inputs(store.manifest, config.dataset_location)
+        dataset_inputs.log_inputs(client, [state["parent_run_id"]], inputs)
         write_json_atomic(experiment.child(STATE_FILE), state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
@@ -120,6 +124,7 @@ def _start_parent_run(client, config: Config, fingerprint: str) -> dict[str, str
             "learn2tune.experiment_dir": str(config.experiment_location),
             "learn2tune.dataset_fingerprint": fingerprint,
             "learn2tune.families": ",".join(config.search.families),
+            **run_context.context_tags("search"),
         },
     )
     tracking.log_params(client, parent_run_id, tracking.flatten(config_dict))
@@ -160,6 +165,7 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
 
     from pipeline.progress import ProgressLines
     from pipeline.trainable import TrialContext, train_trial
+    from pipeline.trial_runs import TrialRunEnds
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # ProgressLines prints each trial error as one line with the path of its traceback.
@@ -168,7 +174,11 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
     # default (10 s or more) lets a SIGKILL lose trials that finished since the last save.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SAVE_SECONDS))
     search = config.search
-    context = TrialContext(config=config, experiment_id=experiment_id, parent_run_id=parent_run_id, shared=shared)
+    context = TrialContext(
+        config=config, experiment_id=experiment_id, parent_run_id=parent_run_id, shared=shared,
+        run_tags=run_context.context_tags("search"),
+        inputs=tuple(dataset_inputs.search_inputs(datasets.open_dataset(config).manifest, config.dataset_location)),
+    )  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),
         {"cpu": search.resources.cpu, "gpu": search.resources.gpu},
@@ -212,7 +222,10 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
             # only every few seconds, so after a SIGKILL it may name a checkpoint that a
             # num_to_keep policy had already deleted, and that trial could not be restored.
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
-            callbacks=[ProgressLines()],
+            callbacks=[
+                ProgressLines(),
+                TrialRunEnds(config.tracking.uri, experiment_id, parent_run_id, search.max_iterations),
+            ],
             verbose=0,
         ),
     )
@@ -252,7 +265,8 @@ def _finish_trials(
         _prune_checkpoints(trial_dir, keep={record.checkpoint, record.final_checkpoint})
         if run is not None:
             _log_trial_artifacts(client, record, result, chance=1 / config.episodes.train.ways)
-            client.set_terminated(run.info.run_id, "FAILED" if record.error else "FINISHED")
+            if run.info.status == "RUNNING":  # else it ended with its trial (pipeline.trial_runs)
+                client.set_terminated(run.info.run_id, "FAILED" if record.error else "FINISHED")
         trials.append(record)
     for trial_id in runs.keys() - {t.trial_id for t in trials}:
         client.set_tag(runs[trial_id].info.run_id, "learn2tune.note", LOST_TRIAL_NOTE)
@@ -282,6 +296,7 @@ def _trial_record(
         final_checkpoint=trial_dir.at(result.checkpoint.path).uri if result.checkpoint else None,
         error=error_reason(result.error) if result.error else None,
         failed_attempts=attempts.get(trial_id) or 0,
+        stop_reason=ERROR if result.error else stop_reason(metrics.get("iteration", 0), config.search.max_iterations),
         node_id=metrics.get(NODE_KEY),
         device=metrics.get("device"),
     )
@@ -350,7 +365,7 @@ def _print_summary(result: SearchResult, out: Out) -> None:
             t.val_accuracy,
             t.best_iteration,
             t.iterations,
-            "error" if t.error else "ok",
+            "error" if t.error else "ASHA stop" if t.stop_reason == ASHA else "ok",
         )
         for t in result.trials
     ]

@@ -6,8 +6,10 @@ so trials running side by side in one Ray worker process cannot log into each ot
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,25 @@ def make_client(uri: str) -> MlflowClient:
 
     check_server(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for the block, then back to what it
+    resolved from before (``MLFLOW_TRACKING_URI``, else MLflow's default).
+
+    For the one call that needs it: MLflow 3.17's SQL registry store resolves a model version's
+    ``models:/<model_id>`` source with ``MlflowClient()``, the process-wide URI, whatever the
+    client it was called through says. A tracking server resolves it with its own store.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it, as MLflow itself does
 
 
 def is_server(uri: str) -> bool:
@@ -153,16 +174,22 @@ def trial_run(
     client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, name: str
 ) -> tuple[str, bool]:
     """The child run of trial ``trial_id`` and whether it is new (a restarted trial reuses its run)."""
+    run = find_trial_run(client, experiment_id, parent_run_id, trial_id)
+    if run is not None:
+        client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, False
+    tags = {TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
+    return start_run(client, experiment_id, name, tags, parent_run_id), True
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> Any:
+    """The child run of ``parent_run_id`` for trial ``trial_id``, or None."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
         max_results=1,
     )
-    if runs:
-        client.update_run(runs[0].info.run_id, status="RUNNING")
-        return runs[0].info.run_id, False
-    tags = {TRIAL_TAG: trial_id, ROLE_TAG: "trial"}
-    return start_run(client, experiment_id, name, tags, parent_run_id), True
+    return runs[0] if runs else None
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, Any]:

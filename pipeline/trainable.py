@@ -4,7 +4,9 @@ The training itself is :func:`pipeline.meta_training.meta_train`; this module is
 
 Runs inside a Ray worker (in the trial's own directory, so every path it gets is absolute).
 Each trial logs to its own nested MLflow run, found or created under the search's parent run
-by trial id, so a trial restarted after a failure keeps logging to the same run.
+by trial id, so a trial restarted after a failure keeps logging to the same run. A new run gets
+the driver's context tags and the dataset's train and validation splits as inputs. The driver
+ends the run (:mod:`pipeline.trial_runs`); reports that race past that end are not logged.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import dataclasses
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,14 +28,16 @@ from ray import tune
 from learners.base import Learner
 from learners.checkpoint import fresh_learner, load_learner, save_learner
 from learners.registry import make_hparams
-from pipeline import tracking
+from pipeline import run_context, tracking
 from pipeline.config import Config
+from pipeline.dataset_inputs import SplitInput, log_inputs
 from pipeline.device import TrialDevice, trial_device
 from pipeline.errors import PipelineError
 from pipeline.meta_training import Report, Schedule, TrainingEpisodes, meta_train
 from pipeline.placement import DEVICE_ERROR_TAG, device_tags, gpu_ids, placement_tags
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, trial_hparams
 from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
+from pipeline.trial_stops import BEST_METRIC, MAX_ITERATIONS_KEY
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
 
@@ -47,6 +52,8 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     shared: SharedDataset | None = None  # the dataset in Ray's object store (search.data: object-store)
+    run_tags: Mapping[str, str] = field(default_factory=dict)  # where the search came from (run_context)
+    inputs: tuple[SplitInput, ...] = ()  # the splits a trial trains and validates on
 
 
 def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
@@ -67,13 +74,16 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
     if new_run:
         params = {"family": family, "seed": seed, **dataclasses.asdict(hparams)}
         tracking.log_params(client, run_id, params)
+        tracking.set_tags(client, run_id, context.run_tags)
+        log_inputs(client, [run_id], context.inputs)
     try:  # a failure from here on, even building the learner (out of memory), ends the run FAILED
         device = _device(config, client, run_id)
         store = trial_dataset(config, context.shared)  # never the driver's disk
         learner, start = _initial_learner(family, hparams, store.image_shape, config, seed, device.device)
         if start:
             client.set_tag(run_id, RESTORED_TAG, str(start))
-        _train(learner, start, store, config, seed, client, run_id, family, device)
+        with run_context.system_metrics(config.tracking.system_metrics, config.tracking.uri, run_id):
+            _train(learner, start, store, config, seed, client, run_id, family, device)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -129,26 +139,40 @@ def _train(
     training = TrainingEpisodes(store.split("train"), target, episodes.meta_batch, sampler_seed)
     val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
     placement = {"device": str(device_used.device), NODE_KEY: ray.get_runtime_context().get_node_id()}
-    reports = TuneReports(learner, client, run_id, {**placement, FAMILY_KEY: family}, device_used.warning)
+    fields = {**placement, FAMILY_KEY: family, MAX_ITERATIONS_KEY: search.max_iterations}
+    reports = TuneReports(learner, client, run_id, fields, device_used.warning)
+    if start:  # a restarted trial: the best so far is on its run
+        reports.best = client.get_run(run_id).data.metrics.get(BEST_METRIC)
     schedule = Schedule(search.max_iterations, search.eval_every, search.checkpoint_every)
     meta_train(learner, training, schedule, reports, start=start, validation=val_batches)
 
 
 class TuneReports:
     """The loop's reports as a trial passes them on: MLflow metrics on the trial's run, then
-    ``tune.report`` (ASHA's input) with ``fields`` added and, when due, a checkpoint of the learner."""
+    ``tune.report`` (ASHA's input) with ``fields`` added and, when due, a checkpoint of the learner.
+
+    ``val_accuracy_best`` goes beside ``val_accuracy``: the best at a checkpoint so far, the
+    figure the search ranks the trial by. Once the driver has ended the run (ASHA stopped the
+    trial while it kept training towards its next report), nothing more is logged to it.
+    """
 
     def __init__(
-        self, learner: Learner, client: MlflowClient, run_id: str, fields: dict[str, str], warning: str | None
+        self, learner: Learner, client: MlflowClient, run_id: str, fields: Mapping[str, object], warning: str | None
     ) -> None:
         self.learner, self.client, self.run_id, self.fields = learner, client, run_id, fields
         self.warning = warning  # goes with this attempt's first report only
+        self.best: float | None = None
 
     def __call__(self, report: Report) -> None:
         curves = {"loss": report.loss, "train_accuracy": report.train_accuracy}
         if report.val_accuracy is not None:
             curves["val_accuracy"] = report.val_accuracy
-        tracking.log_metrics(self.client, self.run_id, curves, report.iteration)
+            if report.checkpoint and (self.best is None or report.val_accuracy > self.best):
+                self.best = report.val_accuracy
+        if self.best is not None:
+            curves[BEST_METRIC] = self.best
+        if self.client.get_run(self.run_id).info.status == "RUNNING":  # else stopped: tune.report ends this thread
+            tracking.log_metrics(self.client, self.run_id, curves, report.iteration)
         warning = {"device_warning": self.warning} if self.warning else {}
         self.warning = None
         fields = {"iteration": report.iteration, **curves, **self.fields, **warning}

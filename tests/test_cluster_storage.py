@@ -129,9 +129,11 @@ def test_run_spreads_trials_over_both_workers_and_keeps_everything_in_the_bucket
         run_files = [k for k in artifacts if f"/{trial['run_id']}/artifacts/" in k]
         assert any(k.endswith("/trial.json") for k in run_files), trial["run_id"]
         assert any("/artifacts/checkpoint/" in k for k in run_files), trial["run_id"]
-    version = client.get_model_version("cluster", "1")
-    assert version.source is not None and version.source.startswith("mlflow-artifacts:")
-    assert any(k.endswith(f"/{version.run_id}/artifacts/model/MLmodel") for k in artifacts)
+    version = client.get_model_version("cluster", "1")  # registered from the trial run's logged model
+    assert version.source is not None and version.source.startswith("models:/m-")
+    model_id = version.source.removeprefix("models:/")
+    assert client.get_logged_model(model_id).source_run_id == version.run_id
+    assert any(k.endswith(f"/models/{model_id}/artifacts/MLmodel") for k in artifacts)
 
 
 def test_a_search_killed_with_sigkill_resumes_on_the_same_cluster(driver: Driver):

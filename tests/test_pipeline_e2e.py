@@ -1,6 +1,8 @@
 """End to end: `learn2tune run` on tiny synthetic glyphs with real Ray, MLflow (SQLite) and Parquet.
 
 One run (two short trials) in a module fixture; each test checks one thing it left behind.
+The trials run one after the other: a ProtoNet that learns, then a MAML whose learning rates
+are fixed near zero (it stays at chance), so ASHA stops the MAML at its rung (20 of 40).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import base64
 import io
 import json
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -19,7 +22,7 @@ from pipeline.cli import main
 
 CONFIG = """\
 name: e2e
-seed: 0
+seed: 2  # the sampler draws protonet first
 workdir: {root}/runs
 tracking: {{uri: "sqlite:///{root}/mlflow.db"}}
 data: {{synthetic_classes: 40, synthetic_images_per_class: 12}}
@@ -35,7 +38,10 @@ search:
   grace_iterations: 20
   eval_every: 20
   checkpoint_every: 20
-  fixed: {{protonet: {{width: 16, train_ways: 0}}, maml: {{width: 16, path: loop, test_inner_steps: 3}}}}
+  max_concurrent: 1
+  fixed:
+    protonet: {{width: 16, train_ways: 0}}
+    maml: {{width: 16, path: loop, test_inner_steps: 3, inner_lr: 1.0e-9, meta_lr: 1.0e-9}}
 registry: {{top_k: 2}}
 """
 
@@ -72,7 +78,7 @@ def test_parent_run_has_one_nested_child_run_per_trial_with_curves_and_artifacts
         assert child.info.status == "FINISHED"
         assert child.data.params["family"] in ("protonet", "maml")
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
-        assert [m.step for m in history] in ([20], [20, 40])
+        assert [m.step for m in history] == ([20, 40] if child.data.params["family"] == "protonet" else [20])
         assert len(client.get_metric_history(child.info.run_id, "loss")) == len(history)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"learning_curve.png", "trial.json", "checkpoint"} <= artifacts
@@ -148,3 +154,107 @@ def _request(split, rng: np.random.Generator, ways: int, shots: int, query: int)
             rows.append({"role": "query", "label": None, "image": image[0].tolist()})
             truth.append(name)
     return pd.DataFrame(rows), truth
+
+
+def _search_runs(pipeline_run) -> tuple[dict, dict]:
+    """search_result.json and family -> its trial's MLflow run."""
+    root, client, _ = pipeline_run
+    result = json.loads((root / "runs/tune/e2e/search_result.json").read_text())
+    return result, {t["family"]: client.get_run(t["run_id"]) for t in result["trials"]}
+
+
+def test_each_trial_run_ends_when_its_trial_ends(pipeline_run):
+    _, client, evaluation = pipeline_run
+    _, runs = _search_runs(pipeline_run)
+    for run in runs.values():
+        history = [m for key in ("loss", "val_accuracy") for m in client.get_metric_history(run.info.run_id, key)]
+        assert run.info.status == "FINISHED"
+        assert 0 <= run.info.end_time - max(m.timestamp for m in history) < 5000, "ended long after its last report"
+    parent = client.get_run(evaluation["mlflow"]["parent_run_id"])
+    assert runs["protonet"].info.end_time <= runs["maml"].info.start_time < parent.info.end_time
+
+
+def test_a_trial_asha_stopped_says_so_apart_from_one_that_ran_its_course(pipeline_run):
+    result, runs = _search_runs(pipeline_run)
+    stopped, full = runs["maml"].data.tags, runs["protonet"].data.tags
+    assert stopped["learn2tune.stop_reason"] == "asha"
+    assert stopped["mlflow.note.content"].startswith("stopped early by ASHA at 20 of 40 iterations")
+    assert full["learn2tune.stop_reason"] == "max_iterations"
+    assert full["mlflow.note.content"].startswith("reached the maximum of 40 iterations")
+    assert {t["family"]: t["stop_reason"] for t in result["trials"]} == {"maml": "asha", "protonet": "max_iterations"}
+
+
+def test_val_accuracy_best_is_the_figure_the_ranking_used(pipeline_run):
+    result, runs = _search_runs(pipeline_run)
+    for trial in result["trials"]:
+        metrics = runs[trial["family"]].data.metrics
+        assert metrics["val_accuracy_best"] == pytest.approx(trial["val_accuracy"])
+        assert metrics["val_accuracy_best"] >= metrics["val_accuracy"]
+
+
+def test_parent_and_trial_runs_have_the_dataset_splits_as_inputs(pipeline_run):
+    root, client, evaluation = pipeline_run
+    _, runs = _search_runs(pipeline_run)
+    manifest = json.loads((root / "runs/datasets/e2e/manifest.json").read_text())
+    assert {m["run_id"] for m in evaluation["models"]} == {run.info.run_id for run in runs.values()}
+    for run in [client.get_run(evaluation["mlflow"]["parent_run_id"]), *runs.values()]:
+        inputs = {
+            next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+            for i in run.inputs.dataset_inputs
+        }
+        assert set(inputs) == {"train", "validation", "test"}  # test: logged by evaluate (both trials were scored)
+        for context, split in (("train", "train"), ("validation", "val"), ("test", "test")):
+            dataset = inputs[context]
+            assert dataset.name == f"e2e.{split}" and dataset.digest == manifest["fingerprint"][:12]
+            assert json.loads(dataset.source)["uri"] == (root / f"runs/datasets/e2e/{split}.parquet").as_uri()
+            profile = json.loads(dataset.profile)
+            assert profile["num_rows"] == manifest["splits"][split]["images"]
+            assert profile["fingerprint"] == manifest["fingerprint"]
+            assert [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]] == ["class", "class_name", "image"]
+
+
+def test_runs_carry_where_they_came_from(pipeline_run):
+    from pipeline.run_context import PROJECT_ROOT, git_tags
+
+    _, client, evaluation = pipeline_run
+    _, runs = _search_runs(pipeline_run)
+    expected = git_tags(PROJECT_ROOT)
+    for run in [client.get_run(evaluation["mlflow"]["parent_run_id"]), *runs.values()]:
+        assert run.data.tags["mlflow.source.name"] == "learn2tune search" and run.data.tags["mlflow.user"]
+        assert {key: run.data.tags.get(key) for key in expected} == expected
+
+
+def test_registered_version_comes_from_a_logged_model_of_the_winning_trial_run(pipeline_run):
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
+    _, client, evaluation = pipeline_run
+    version = client.get_model_version_by_alias("e2e", "candidate")
+    winner = next(m for m in evaluation["models"] if m["trial_id"] == evaluation["winner"])
+    assert version.source.startswith("models:/m-") and version.run_id == winner["run_id"]
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == winner["run_id"] and logged.status == LoggedModelStatus.READY
+    run = client.get_run(winner["run_id"])
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]  # the run's Models column
+    location = urlparse(client.get_model_version_download_uri("e2e", version.version))
+    assert location.path.endswith(f"/models/{logged.model_id}/artifacts")  # the logged model's own files
+    model = Model.load(location.path)
+    assert model.model_id == logged.model_id and model.signature is not None
+
+
+def test_system_metrics_are_logged_to_a_run_while_enabled(pipeline_run, monkeypatch):
+    import time
+
+    from pipeline.run_context import system_metrics
+
+    root, client, evaluation = pipeline_run
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    run_id = client.create_run(evaluation["mlflow"]["experiment_id"]).info.run_id
+    with system_metrics(False, f"sqlite:///{root}/mlflow.db", run_id):
+        time.sleep(0.5)
+    assert client.get_run(run_id).data.metrics == {}
+    with system_metrics(True, f"sqlite:///{root}/mlflow.db", run_id):
+        time.sleep(1.0)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0.0 and metrics["system/system_memory_usage_megabytes"] > 0
+    client.delete_run(run_id)

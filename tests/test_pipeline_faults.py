@@ -169,6 +169,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, 
     for trial in trials.values():  # one child run per trial under that parent, each step once
         run = client.get_run(trial["run_id"])
         assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["learn2tune.stop_reason"] == "max_iterations"  # ended by its trial, resumed or not
         steps = [m.step for m in client.get_metric_history(trial["run_id"], "val_accuracy")]
         expected = list(range(EVAL_EVERY, MAX_ITERATIONS + 1, EVAL_EVERY))
         if trial["trial_id"] == interrupted[0]:  # the resumed stretch may repeat one report
@@ -214,3 +215,5 @@ def test_raising_and_diverging_trials_fail_alone_with_their_reasons(tmp_path, pi
     assert nan["error"] in parent.data.tags["failed_trials"] and oom["error"] in parent.data.tags["failed_trials"]
     statuses = {t["family"]: client.get_run(t["run_id"]).info.status for t in result["trials"]}
     assert statuses == {"protonet": "FINISHED", "maml": "FAILED", "fomaml": "FAILED"}
+    reasons = {t["family"]: client.get_run(t["run_id"]).data.tags["learn2tune.stop_reason"] for t in result["trials"]}
+    assert reasons == {"protonet": "max_iterations", "maml": "error", "fomaml": "error"}
