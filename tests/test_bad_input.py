@@ -502,7 +502,7 @@ MISTAKES = [
     Mistake(
         "registry-serve-unknown-model", "serves a model name that was never registered",
         "learn2tune serve {config} --name nosuch",
-        f"no registered model 'nosuch' in {STORE}; run `learn2tune register` first",
+        f"no registered model 'nosuch' in {STORE}; run `learn2tune register {{config}} --name nosuch` first",
     ),
     Mistake(
         "registry-serve-unknown-version", "serves a version that does not exist",
