@@ -205,7 +205,7 @@ MISTAKES = [
     ),
     Mistake(
         "config-unknown-source", "misspells the data source",
-        "learn2tune build {config} --set data.source=omniglott",
+        "learn2tune build -c {config} --set data.source=omniglott",  # the deprecated -c form still works
         "config error: data.source must be one of synthetic, omniglot, folder, got 'omniglott'; "
         "did you mean 'omniglot'?",
     ),
