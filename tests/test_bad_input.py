@@ -205,7 +205,7 @@ MISTAKES = [
     ),
     Mistake(
         "config-unknown-source", "misspells the data source",
-        "learn2tune build -c {config} --set data.source=omniglott",  # the deprecated -c form still works
+        "learn2tune build -c {config} --set data.source=omniglott",
         "config error: data.source must be one of synthetic, omniglot, folder, got 'omniglott'; "
         "did you mean 'omniglot'?",
     ),
