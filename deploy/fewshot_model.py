@@ -21,6 +21,23 @@ from deploy.request import RequestError, parse_episode
 from learners.checkpoint import load_learner
 
 
+class RequestRefused(MlflowException):
+    """A malformed request (HTTP 400) whose message stays what is wrong with it.
+
+    MLflow's scoring server prefixes the message of any MlflowException from ``predict`` with
+    ``Failed to predict data '<the whole DataFrame>'`` (base64 images included) by assigning
+    ``message``; that assignment is ignored here, so the client reads one line that names the row.
+    """
+
+    @property
+    def message(self) -> str:
+        return self.args[0]
+
+    @message.setter
+    def message(self, value: str) -> None:
+        pass  # set by MlflowException.__init__ to the refusal itself (args[0]), later by the server
+
+
 class FewShotModel(PythonModel):
     """Adapts on each request's support set and predicts its query images (CPU)."""
 
@@ -33,7 +50,7 @@ class FewShotModel(PythonModel):
             episode = parse_episode(model_input, self.learner.image_shape)
             self.learner.check_ways(episode.ways)
         except (RequestError, ValueError) as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            raise RequestRefused(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         support_x = _images(episode.support)
         support_y = torch.from_numpy(episode.support_labels)[None]
         query_x = _images(episode.query)

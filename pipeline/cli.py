@@ -2,19 +2,22 @@
 
 Heavy libraries (torch, ray, mlflow, optuna) are imported inside the commands, so ``--help``
 answers at once. Bad input ends with one line ``learn2tune: error: ...`` and exit status 2,
-before anything is written.
+before anything is written. Every command ends by printing the next one, and every command a
+line names keeps the user's config, ``--experiment`` and overrides (:mod:`pipeline.invocation`).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pipeline.console import Console
+from pipeline.invocation import Invocation
 from tasks.sources import source_names
 
 if TYPE_CHECKING:
@@ -36,33 +39,45 @@ BENCHMARKS = {
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
-out = functools.partial(print, flush=True)
-
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already reported in one line
+    except SystemExit as exc:  # --help, --version, or a usage error already reported in one line
         return int(exc.code or 0)
+    invocation = Invocation.of(argv, args)
+    console = Console.for_stdout(invocation)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines about database setup
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     errors = _user_errors()
     from pipeline.errors import SearchFailed, SearchInterrupted
 
     try:
-        return args.handler(args) or 0
+        return args.handler(args, console) or 0
     except errors as exc:
-        print(f"learn2tune: error: {exc}", file=sys.stderr)
+        print(f"learn2tune: error: {invocation.complete(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SearchFailed as exc:
-        print(f"learn2tune: error: {exc}", file=sys.stderr)
+        print(f"learn2tune: error: {invocation.complete(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
-    except SearchInterrupted as exc:
-        print(f"learn2tune: {exc}", file=sys.stderr)
+    except SearchInterrupted:
+        print(
+            f"learn2tune: the search was interrupted and its state saved; finish it with "
+            f"`{invocation.again('--resume')}`",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("learn2tune: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _version() -> str:
+    try:
+        return version("learn2tune")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -77,56 +92,67 @@ def _user_errors() -> tuple[type[Exception], ...]:
 # ---------------------------------------------------------------- commands
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def cmd_build(args: argparse.Namespace, out: Console) -> int:
     from pipeline import datasets
 
     config = _config(args)
-    datasets.build(config, out, overwrite=args.overwrite)
+    datasets.build(config, out, overwrite=args.overwrite, stream=out.terminal)
+    out.next_step("search learner families and their hyperparameters on it", "search")
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def cmd_search(args: argparse.Namespace, out: Console) -> int:
     from pipeline.search import search
 
     search(_config(args), out, os.environ, resume=args.resume)
+    out.next_step("score the best trials on the test split", "evaluate")
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from pipeline.evaluate import evaluate
 
     untrained = [name.strip() for name in args.untrained.split(",") if name.strip()] if args.untrained else []
-    evaluate(_config(args), out, untrained=untrained, stream=_terminal())
+    evaluate(_config(args), out, untrained=untrained, stream=out.terminal)
+    out.next_step("register the winner in the MLflow Model Registry (alias candidate)", "register")
     return 0
 
 
-def cmd_register(args: argparse.Namespace) -> int:
+def cmd_register(args: argparse.Namespace, out: Console) -> int:
     from pipeline.register import register
 
     register(_config(args), out)
+    out.next_step("gate the candidate against the champion on the same test episodes", "promote")
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
+def cmd_promote(args: argparse.Namespace, out: Console) -> int:
+    from pipeline.preflight import check_registry_exists
     from pipeline.promote import promote
 
-    promote(_config(args), out, candidate=args.candidate, force=args.force)
+    config = _config(args)
+    check_registry_exists(config.tracking.uri, config.registry.model_name)
+    promote(config, out, candidate=args.candidate, force=args.force, stream=out.terminal)
+    out.next_step("serve the champion over HTTP", "serve")
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, out: Console) -> int:
+    from pipeline.preflight import check_port_free, check_registry_exists
     from pipeline.serve import resolve, serve_command, server_environment
 
     config = _config(args)
+    check_registry_exists(config.tracking.uri, config.registry.model_name)
     target = resolve(config, args.version, args.alias)
     command = serve_command(target, args.host, args.port, args.workers)
+    check_port_free(args.host, args.port)  # else the server fails after loading the model, in a traceback
     out(f"serving {target.model_uri} (version {target.version}, {target.family}) from {config.tracking.uri}")
     out(f"  POST http://{args.host}:{args.port}/invocations  (health: GET /ping; Ctrl-C stops)")
     os.execve(command[0], command, server_environment(config, dict(os.environ)))
     return 0  # not reached: execve replaces this process
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, out: Console) -> int:
     from pipeline import datasets
     from pipeline.evaluate import evaluate
     from pipeline.ray_runtime import check_trial_resources, connect
@@ -141,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     connect(config.ray.address, os.environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
     out(f"== build: {config.data.source} -> {config.dataset_dir}")
-    datasets.build(config, out, overwrite=args.overwrite)
+    datasets.build(config, out, overwrite=args.overwrite, stream=out.terminal)
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
     datasets.check_test_episodes(store, config)
@@ -151,17 +177,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         search(config, out, os.environ, resume=args.resume)
     out("\n== evaluate")
-    evaluation = evaluate(config, out, stream=_terminal())
+    evaluation = evaluate(config, out, stream=out.terminal)
     out("\n== register")
     registered = register(config, out)
     out("\n" + run_summary(evaluation, registered, ALIAS))
-    config_arg = f" {args.config}" if args.config else ""
-    out(f"\nmake it the champion and serve it:\n  learn2tune promote{config_arg}\n  learn2tune serve{config_arg}")
+    out.next_step("make it the champion and serve it", "promote", "serve")
     out("\nbrowse runs, curves and the registry with:\n  " + ui_hint(config))
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, out: Console) -> int:
     import importlib
 
     from pipeline.errors import PipelineError
@@ -181,7 +206,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def cmd_ui(args: argparse.Namespace, out: Console) -> int:
+    from pipeline.preflight import check_port_free
     from pipeline.tracking import check_server, is_server
     from pipeline.ui import ui_command, ui_hint
 
@@ -190,16 +216,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
         check_server(config.tracking.uri)
         out(ui_hint(config))
         return 0
+    check_port_free("127.0.0.1", args.port)  # `mlflow ui` on a busy port gives up, and exits 0
     command = ui_command(config, args.port)
     out(" ".join(command))
     env = dict(os.environ, PATH=f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces this process
-
-
-def _terminal():
-    """stdout when it is a terminal (progress lines are rewritten in place there), else None."""
-    return sys.stdout if sys.stdout.isatty() else None
 
 
 # ---------------------------------------------------------------- config from arguments
@@ -285,13 +307,20 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Every command reads a YAML config (default: configs/quickstart.yaml when present) "
         "and --set section.key=value overrides.",
     )
+    parser.add_argument("--version", action="version", version=f"learn2tune {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = _command(commands, "build", cmd_build, "build the episodic Parquet dataset", positional_config=False)
     build.add_argument(
-        "source", nargs="?", metavar="SOURCE", help=f"image source: {', '.join(source_names())} (default: data.source)"
+        "words",
+        nargs="*",
+        action=ConfigAndSource,
+        metavar="CONFIG|SOURCE",
+        help=f"YAML config file (default: configs/quickstart.yaml) and image source: {', '.join(source_names())} "
+        "(default: data.source); either or both, in any order",
     )
-    build.add_argument("-c", "--config", help="YAML config file")
+    build.add_argument("-c", "--config", help="deprecated: give the config file positionally, as other commands do")
+    build.set_defaults(source=None)
     build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
     build.add_argument("--split", help="class split: random | by-alphabet | csv (default: the source's)")
     build.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as new classes")
@@ -347,6 +376,18 @@ def _parser() -> argparse.ArgumentParser:
     ui = _command(commands, "ui", cmd_ui, "start the MLflow UI on this config's tracking store (127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     return parser
+
+
+class ConfigAndSource(argparse.Action):
+    """``build``'s positional words: a registered source name is the source (unless a file has
+    that name), anything else the config file; at most one of each."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        for word in values:
+            field = "source" if word in source_names() and not Path(word).exists() else "config"
+            if getattr(namespace, field, None) is not None:
+                parser.error(f"two {field}s given: {getattr(namespace, field)!r} and {word!r}")
+            setattr(namespace, field, word)
 
 
 def _command(

@@ -8,6 +8,7 @@ here rather than a failed Ray trial.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,11 +67,13 @@ def _validate_families(search: SearchConfig) -> None:
         if name not in known:
             raise ConfigError(
                 f"search.families: unknown learner family {name!r}; choose from: 'all', {', '.join(known)}"
+                + _did_you_mean(name, known)
             )
     for family, values in search.fixed.items():
         if family not in known:
             raise ConfigError(
                 f"search.fixed.{family}: unknown learner family {family!r}; choose from: {', '.join(known)}"
+                + _did_you_mean(family, known)
             )
         if not isinstance(values, dict):
             raise ConfigError(f"search.fixed.{family} must be a mapping of hyperparameters, got {values!r}")
@@ -79,6 +82,12 @@ def _validate_families(search: SearchConfig) -> None:
         if search.fixed.get(family):
             _validate_bounds(family, search.fixed[family])
     _validate_points(search, tuple(names))
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """``; did you mean 'maml'?`` for a near miss (``mamll``), else nothing."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _validate_bounds(family: str, fixed: Mapping[str, Any]) -> None:

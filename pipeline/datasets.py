@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TextIO
 
+from pipeline.bar import BarTally
 from pipeline.config import Config
 from tasks.build import build_dataset
 from tasks.episodes import EpisodeSpec
@@ -14,16 +15,18 @@ from tasks.split_check import EpisodeNeed
 from tasks.store import DatasetStore
 
 
-def build(config: Config, out: Say, overwrite: bool = False) -> dict[str, Any]:
+def build(config: Config, out: Say, overwrite: bool = False, stream: TextIO | None = None) -> dict[str, Any]:
     """Build (or find, when the fingerprint matches) the dataset in ``config.dataset_dir``; its
     settings were checked when the config loaded, and a split too small for the configured
-    episodes is refused before anything is written."""
+    episodes is refused before anything is written. ``stream`` (a terminal) shows the classes
+    written as a progress bar."""
     manifest = build_dataset(
         config.data.build_spec(),
         config.dataset_location,
         overwrite=overwrite,
         progress=out,
         needs=episode_needs(config),
+        tally=BarTally("build", "classes", out, stream) if stream is not None else None,
     )
     out(f"dataset {config.dataset_dir} (fingerprint {manifest['fingerprint'][:12]})")
     return manifest

@@ -2,36 +2,63 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.bar import duration, eta
 from pipeline.errors import error_reason
-from pipeline.space import FAMILY_KEY, INDEX_KEY
+from pipeline.space import FAMILY_KEY, INDEX_KEY, untried_families
 from pipeline.table import format_params
 from pipeline.trial_stops import MAX_ITERATIONS_KEY, stop_wording
 
 ERROR_FILE = "error.txt"  # Tune's file of a trial's tracebacks, one per failed attempt
+ENDED = ("TERMINATED", "ERROR")
 
 
 class ProgressLines(Callback):
-    """One line per trial start, val report, stop and error, printed by the driver.
+    """One line per trial start, val report, stop and error, printed by the driver; after each
+    trial that ends, how many of the search's ``trials`` are done and the ETA.
 
     A failed trial's line gives the reason and where Tune saved the full traceback (Tune's own
-    traceback dump is switched off by the search). Stateless: Tune pickles its callbacks with
-    the experiment, for ``Tuner.restore``.
+    traceback dump is switched off by the search). With fewer trials than ``families``, the first
+    trial's start names the families no trial will get. Tune pickles its callbacks with the
+    experiment (for ``Tuner.restore``): the clock restarts in ``setup``, which every fit calls.
     """
+
+    def __init__(self, trials: int, families: Sequence[str], points: Mapping[str, Any]) -> None:
+        self.trials, self.families, self.points = trials, tuple(families), dict(points)
+        self._start, self._ended_here = time.monotonic(), 0
 
     @staticmethod
     def _out(line: str) -> None:
         print(line, flush=True)
+
+    def setup(
+        self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
+    ) -> None:
+        self._start, self._ended_here = time.monotonic(), 0
+        if self.trials < len(self.families):
+            self._out(
+                f"  note: {self.trials} trials for {len(self.families)} families: "
+                f"{len(self.families) - self.trials} families will not be tried (the first trial's family is the "
+                f"sampler's draw, each next trial takes one not tried yet); --trials {len(self.families)} "
+                "(search.trials) tries every family"
+            )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = format_params(
             {k.split(".", 1)[-1]: v for k, v in trial.config.items() if k not in (FAMILY_KEY, INDEX_KEY)}
         )
         self._out(f"  [{trial.trial_id}] start {trial.config.get(FAMILY_KEY)} {params}")
+        if trial.config.get(INDEX_KEY) == 0 and self.trials < len(self.families):
+            left_out = untried_families(self.families, trial.config[FAMILY_KEY], self.points, self.trials)
+            self._out(f"  not tried ({self.trials} trials for {len(self.families)} families): {', '.join(left_out)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("device_warning"):  # the trial's first report after it could not use its GPU
@@ -44,6 +71,7 @@ class ProgressLines(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result.get("iteration", 0)
         self._out(f"  [{trial.trial_id}] {stop_wording(last, trial.last_result.get(MAX_ITERATIONS_KEY, last))}")
+        self._count(trials, trial)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._out(
@@ -56,6 +84,20 @@ class ProgressLines(Callback):
             f"  [{trial.trial_id}] FAILED after {trial.num_failures} attempt(s): {_reason(trial)} "
             f"(tracebacks: {Path(trial.path) / ERROR_FILE})"
         )
+        self._count(trials, trial)
+
+    def _count(self, trials: list, ended: Any) -> None:
+        self._ended_here += 1
+        done = 1 + sum(1 for t in trials if t is not ended and t.status in ENDED)
+        self._out(trials_done_line(done, self.trials, time.monotonic() - self._start, self._ended_here))
+
+
+def trials_done_line(done: int, total: int, elapsed: float, ended_here: int) -> str:
+    """``3 of 8 trials done, 1m20s elapsed, ETA 2m13s``; the ETA at the pace of this session's
+    ``ended_here`` trials (a resumed search counts the trials an earlier one finished as done)."""
+    left = total - done
+    pace = f", ETA {duration(eta(elapsed, ended_here, ended_here + left))}" if left > 0 else ""
+    return f"  {done} of {total} trials done, {duration(elapsed)} elapsed{pace}"
 
 
 def _reason(trial: Any) -> str:
@@ -63,3 +105,27 @@ def _reason(trial: Any) -> str:
     on the driver (the copy in the experiment directory is synced later)."""
     path = Path(trial.error_file) if trial.error_file else None
     return error_reason(path.read_text()) if path and path.is_file() else "unknown error"
+
+
+class _DropTuneHints(logging.Filter):
+    """Drops Tune's ``Tuner.restore(...)`` hint and its warnings about trials that never reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Experiment has been interrupted", "Failed to fetch metrics"))
+
+
+@contextlib.contextmanager
+def quiet_tune_hints() -> Iterator[None]:
+    """While a search runs and is read back: no Tune advice meant for ``Tuner`` users. After Ctrl+C
+    Tune tells them to call ``Tuner.restore(...)`` and warns that the trials it had not started yet
+    have no results; learn2tune prints its own ``--resume`` command instead."""
+    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    hints = _DropTuneHints()
+    for logger in loggers:
+        logger.addFilter(hints)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hints)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from pipeline.evaluate import setting_key, tasks_per_batch
 from pipeline.records import RegisteredVersion
 from pipeline.register import ALIAS as CANDIDATE
 from pipeline.scoring import episode_accuracies, mean_ci95
+from pipeline.scoring_progress import ScoringProgress
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
 from tasks.say import Say as Out
@@ -66,8 +67,11 @@ class Setting:
         ]
 
 
-def promote(config: Config, out: Out, candidate: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Gate ``candidate`` (a version number; default: the ``candidate`` alias) against the champion."""
+def promote(
+    config: Config, out: Out, candidate: str | None = None, force: bool = False, stream: TextIO | None = None
+) -> dict[str, Any]:
+    """Gate ``candidate`` (a version number; default: the ``candidate`` alias) against the champion.
+    ``stream`` (a terminal) shows each version's scoring as a progress bar."""
     client = tracking.make_client(config.tracking.uri)
     name = config.registry.model_name
     tracking.check_registered_model(client, name, config.tracking.uri)
@@ -86,7 +90,8 @@ def promote(config: Config, out: Out, candidate: str | None = None, force: bool 
             "the champion alias without a comparison"
         )
     comparable = not differences
-    scores = _score(config, client, name, setting, [challenger] + ([champion] if champion and comparable else []), out)
+    versions = [challenger] + ([champion] if champion and comparable else [])
+    scores = _score(config, client, name, setting, versions, out, stream)
     challenger_acc = scores[challenger.number]
     champion_acc = scores.get(champion.number) if champion is not None else None
 
@@ -145,7 +150,13 @@ def _record_of(version: ModelVersion) -> RegisteredVersion:
 
 
 def _score(
-    config: Config, client: MlflowClient, name: str, setting: Setting, versions: list[RegisteredVersion], out: Out
+    config: Config,
+    client: MlflowClient,
+    name: str,
+    setting: Setting,
+    versions: list[RegisteredVersion],
+    out: Out,
+    stream: TextIO | None,
 ) -> dict[str, np.ndarray]:
     """Per-episode test accuracies of every version on one list of fixed-seed episodes."""
     store = datasets.open_dataset(config)
@@ -174,7 +185,8 @@ def _score(
     scores = {}
     for version in versions:
         learner = _load_version_learner(client, config.tracking.uri, version, device)
-        scores[version.number] = episode_accuracies(learner, episodes, device)
+        progress = ScoringProgress(f"version {version.number}", config.episodes.test.episodes, out, stream)
+        scores[version.number] = episode_accuracies(learner, progress.count(episodes, lambda b: b.tasks), device)
     return scores
 
 

@@ -16,6 +16,7 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import read_evaluation
 from pipeline.records import RegisteredVersion, VersionTags
+from pipeline.registered import check_not_registered
 from tasks import storage
 from tasks.say import Say as Out
 
@@ -36,6 +37,7 @@ def register(config: Config, out: Out) -> RegisteredVersion:
     client = tracking.make_client(config.tracking.uri)
     primary = winner.results[evaluation.primary]
     name = config.registry.model_name
+    check_not_registered(client, name, winner.run_id, f"{winner.family} trial {winner.trial_id}")
 
     with storage.local_copy(location, "learn2tune-ckpt-") as checkpoint:  # downloaded when remote
         if not (checkpoint / SPEC_FILE).is_file() or not (checkpoint / WEIGHTS_FILE).is_file():

@@ -40,6 +40,8 @@ LOST_TRIAL_NOTE = "the search was killed before Tune saved this trial; the resum
 
 def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = False) -> SearchResult:
     """Run the sweep ``config`` describes (or finish an interrupted one); returns and writes the result."""
+    from pipeline.progress import quiet_tune_hints
+
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
     experiment = config.experiment_location
@@ -68,8 +70,9 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     )
     status = "FAILED"
     try:
-        grid = _fit(config, shared, experiment_id, parent_run_id, resume)
-        attempts = _failed_attempts(experiment)
+        with quiet_tune_hints():  # the CLI prints the --resume command instead
+            grid = _fit(config, shared, experiment_id, parent_run_id, resume)
+            attempts = _failed_attempts(experiment)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
             raise SearchInterrupted(
@@ -223,7 +226,7 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
             # num_to_keep policy had already deleted, and that trial could not be restored.
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
             callbacks=[
-                ProgressLines(),
+                ProgressLines(search.trials, search.families, search.points_to_evaluate),
                 TrialRunEnds(config.tracking.uri, experiment_id, parent_run_id, search.max_iterations),
             ],
             verbose=0,

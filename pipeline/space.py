@@ -12,7 +12,7 @@ also carries ``trial_index`` (Optuna's trial number), from which the trial deriv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +38,24 @@ class ConditionalSpace:
     def __call__(self, trial: Any) -> dict[str, int]:
         family = trial.suggest_categorical(FAMILY_KEY, list(self.families))
         if trial.number == 0:  # every family gets a trial before the sampler has the say
-            for other in self.families:
-                if other in self.points:
-                    values = {f"{other}.{param}": value for param, value in self.points[other].items()}
-                    trial.study.enqueue_trial({FAMILY_KEY: other, **values})
-                elif other != family:
-                    trial.study.enqueue_trial({FAMILY_KEY: other})
+            for other in queued_families(self.families, family, self.points):
+                values = {f"{other}.{param}": value for param, value in self.points.get(other, {}).items()}
+                trial.study.enqueue_trial({FAMILY_KEY: other, **values})
         for param, distribution in self.spaces[family].items():
             _suggest(trial, f"{family}.{param}", distribution)
         return {INDEX_KEY: trial.number}  # 0, 1, 2, ... in the order trials are drawn
+
+
+def queued_families(families: Sequence[str], drawn: str, points: Mapping[str, Any]) -> list[str]:
+    """The families queued after the first trial drew ``drawn``, in the order trials take them:
+    every other family, and ``drawn`` again when it has a point to evaluate."""
+    return [family for family in families if family in points or family != drawn]
+
+
+def untried_families(families: Sequence[str], drawn: str, points: Mapping[str, Any], trials: int) -> list[str]:
+    """The families none of ``trials`` trials gets, when the first one drew ``drawn``."""
+    tried = {drawn, *queued_families(families, drawn, points)[: trials - 1]}
+    return [family for family in families if family not in tried]
 
 
 def define_by_run(

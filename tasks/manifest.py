@@ -59,7 +59,7 @@ def read_manifest(directory: Path | Location) -> dict[str, Any]:
     where = directory if isinstance(directory, Location) else local(directory)
     path = where.child(MANIFEST_NAME)
     if not where.is_dir():
-        raise DatasetError(f"dataset directory {where} does not exist (build it first: learn2tune build)")
+        raise DatasetError(f"dataset directory {where} does not exist (build it first: `learn2tune build`)")
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:

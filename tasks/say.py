@@ -9,3 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 Say = Callable[[str], None]
+
+Tally = Callable[[int, int], None]
+"""Told ``(done, total)`` as a long step advances (a progress bar on a terminal)."""

@@ -15,21 +15,23 @@ from tasks.decode import is_grey
 from tasks.errors import DatasetError
 from tasks.parquet_io import SplitWriter
 from tasks.preprocess import prepare, rotated
-from tasks.say import Say
+from tasks.say import Say, Tally
 from tasks.source import ClassInfo, Source
 from tasks.split_check import EpisodeNeed, check_class_images
 
 
 class Ticker:
-    """Reports progress about every 10% of the classes processed."""
+    """Reports progress about every 10% of the classes processed, or every class to ``tally``."""
 
-    def __init__(self, total: int, say: Say) -> None:
-        self.total, self.done, self._say = total, 0, say
+    def __init__(self, total: int, say: Say, tally: Tally | None = None) -> None:
+        self.total, self.done, self._say, self._tally = total, 0, say, tally
         self._step = max(1, total // 10)
 
     def tick(self) -> None:
         self.done += 1
-        if self.done % self._step == 0 or self.done == self.total:
+        if self._tally is not None:
+            self._tally(self.done, self.total)
+        elif self.done % self._step == 0 or self.done == self.total:
             self._say(f"processed {self.done}/{self.total} classes ({round(100 * self.done / self.total)}%)")
 
 

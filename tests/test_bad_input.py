@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from csv_layout import write_layout
@@ -212,6 +211,16 @@ MISTAKES = [
         "config error: search.families: unknown learner family 'nope'; choose from: 'all', protonet,",
     ),
     Mistake(
+        "config-family-typo", "misspells a learner family",
+        "learn2tune search {config} --families mamll",
+        "config error: search.families: unknown learner family 'mamll'; choose from: 'all', protonet,",
+    ),
+    Mistake(
+        "config-family-typo-hint", "misspells a learner family and is told the likely one",
+        "learn2tune search {config} --families mamll",
+        "; did you mean 'maml'?",
+    ),
+    Mistake(
         "config-unknown-source", "misspells the data source",
         "learn2tune build -c {config} --set data.source=omniglott",
         "config error: data.source must be one of synthetic, omniglot, folder, csv-split, got 'omniglott'; "
@@ -253,45 +262,46 @@ MISTAKES = [
     Mistake(
         "source-not-built", "points data.dir at a dataset that was never built",
         "learn2tune search {config} --set data.dir={tmp}/nowhere",
-        "dataset directory {tmp}/nowhere does not exist (build it first: learn2tune build)",
+        "dataset directory {tmp}/nowhere does not exist "
+        "(build it first: `learn2tune build {config} --set data.dir={tmp}/nowhere`)",
     ),
     Mistake(
         "source-omniglot-without-zips", "builds Omniglot from a directory without its zips",
-        "learn2tune build omniglot -c {config} --path {tmp}",
+        "learn2tune build omniglot {config} --path {tmp}",
         "{tmp}: found neither images_background.zip nor an extracted images_background/ folder",
     ),
     Mistake(
         "source-folder-missing", "builds from an image folder that does not exist",
-        "learn2tune build folder -c {config} --path {tmp}/photos",
+        "learn2tune build folder {config} --path {tmp}/photos",
         "image folder {tmp}/photos does not exist or is not a directory",
     ),
     Mistake(
         "source-folder-one-image-per-class", "builds from a folder with one image per class",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out",
         "image folder {tmp}/images: class 'class0' has only 1 image (10 of 10 classes have fewer than 2)",
         image_folder(classes=10, images=1),
     ),
     Mistake(
         "source-folder-too-few-classes", "builds from a folder with 3 classes (train, val and test need one each)",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out",
         "folder source {tmp}/images: split 'val' gets no classes out of 3 (data.val_classes=0.15",
         image_folder(classes=3, images=4),
     ),
     Mistake(
         "source-folder-broken-image", "has a file in the image folder that is not an image",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out",
         "{tmp}/images/class3/1.png: not a readable image",
         image_folder(classes=10, images=3, broken="class3/1.png"),
     ),
     Mistake(
         "source-folder-unreadable-skipped", "skips unreadable files (data.skip_unreadable), leaving a class one image",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out --set data.skip_unreadable=true",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out --set data.skip_unreadable=true",
         "image folder {tmp}/images: class 'class3' has only 1 image (1 of 10 classes have fewer than 2)",
         image_folder(classes=10, images=2, broken="class3/1.png"),
     ),
     Mistake(
         "source-folder-unreadable-hint", "has a file Pillow cannot read and does not skip unreadable files",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out",
         "; remove it, or set data.skip_unreadable: true to skip and count such files",
         image_folder(classes=10, images=3, broken="class3/1.png"),
     ),
@@ -328,14 +338,14 @@ MISTAKES = [
     ),
     Mistake(
         "build-split-too-small-for-ways", "builds 14 classes whose val split (2) is too small for 3-way episodes",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out",
         "folder source {tmp}/images: split 'val' gets 2 classes but episodes.train (used for validation) asks for "
         "3-way episodes: set data.val_classes to 3 or more (now 0.15) or lower episodes.train.ways to 2",
         image_folder(classes=14, images=4),
     ),
     Mistake(
         "build-split-too-small-one-class", "builds 7 classes: val and test get one each, too few for any episode",
-        "learn2tune build folder -c {config} --path {tmp}/images --out {tmp}/out",
+        "learn2tune build folder {config} --path {tmp}/images --out {tmp}/out",
         "split 'val' gets 1 class but episodes.train (used for validation) asks for 3-way episodes: lower "
         "episodes.train.ways and episodes.test.ways to 2 and give val and test 2 classes each (data.val_classes, "
         "data.test_classes), or add classes to the image source (the source's 7 classes are fewer than the 9",
@@ -343,13 +353,13 @@ MISTAKES = [
     ),
     Mistake(
         "build-class-too-small-for-shots", "builds with test shots + query above the images each class has",
-        "learn2tune build -c {config} --out {tmp}/out --set episodes.test.shots=[5]",
+        "learn2tune build {config} --out {tmp}/out --set episodes.test.shots=[5]",
         "of split 'test' has 6 images but episodes.test asks for shots + query = 5 + 2 = 7 per class: "
         "lower episodes.test.query or episodes.test.shots so that shots + query <= 6",
     ),
     Mistake(
         "source-build-over-another-dataset", "builds with other settings into an existing dataset's directory",
-        "learn2tune build -c {config} --set data.synthetic_classes=31",
+        "learn2tune build {config} --set data.synthetic_classes=31",
         "output {root}/dataset holds a different dataset (fingerprint",
     ),
     # --- Parquet files and manifest
@@ -485,12 +495,12 @@ MISTAKES = [
     Mistake(
         "order-evaluate-before-search", "evaluates an experiment that was never searched",
         "learn2tune evaluate {config} --experiment fresh",
-        "no finished search for experiment 'fresh'; run `learn2tune search` first",
+        "no finished search for experiment 'fresh'; run `learn2tune search {config} --experiment fresh` first",
     ),
     Mistake(
         "order-register-before-evaluate", "registers an experiment that was never evaluated",
         "learn2tune register {config} --experiment fresh",
-        "experiment 'fresh' has not been evaluated; run `learn2tune evaluate` first",
+        "experiment 'fresh' has not been evaluated; run `learn2tune evaluate {config} --experiment fresh` first",
     ),
     Mistake(
         "record-unknown-version", "evaluates a search that another learn2tune version wrote",
@@ -513,7 +523,24 @@ MISTAKES = [
     Mistake(
         "registry-promote-unknown-model", "promotes a model name that was never registered",
         "learn2tune promote {config} --name nosuch",
-        f"no registered model 'nosuch' in {STORE}; run `learn2tune register` first",
+        f"no registered model 'nosuch' in {STORE}; run `learn2tune register {{config}} --name nosuch` first",
+    ),
+    Mistake(
+        "registry-promote-before-register", "promotes before anything was registered in the tracking store",
+        "learn2tune promote {config} --set tracking.uri=sqlite:///{tmp}/mlflow.db",
+        "no registered model 'tiny' in sqlite:///{tmp}/mlflow.db; run "
+        "`learn2tune register {config} --set tracking.uri=sqlite:///{tmp}/mlflow.db` first",
+    ),
+    Mistake(
+        "registry-serve-before-register", "serves before anything was registered in the tracking store",
+        "learn2tune serve {config} --set tracking.uri=sqlite:///{tmp}/mlflow.db",
+        "no registered model 'tiny' in sqlite:///{tmp}/mlflow.db; run `learn2tune register",
+    ),
+    Mistake(
+        "registry-register-twice", "registers the same evaluated trial a second time",
+        "learn2tune register {config}",
+        "is already registered as tiny version 1 (alias candidate); nothing registered. Gate it with "
+        "`learn2tune promote {config}`",
     ),
     Mistake(
         "registry-promote-unknown-version", "promotes a version that does not exist",
@@ -523,7 +550,7 @@ MISTAKES = [
     Mistake(
         "registry-serve-unknown-model", "serves a model name that was never registered",
         "learn2tune serve {config} --name nosuch",
-        f"no registered model 'nosuch' in {STORE}; run `learn2tune register` first",
+        f"no registered model 'nosuch' in {STORE}; run `learn2tune register {{config}} --name nosuch` first",
     ),
     Mistake(
         "registry-serve-unknown-version", "serves a version that does not exist",
@@ -538,7 +565,19 @@ MISTAKES = [
     Mistake(
         "registry-serve-before-promote", "serves the champion before promoting any version",
         "learn2tune serve {config}",
-        "has no version with alias 'champion'; `learn2tune promote` sets the champion",
+        "has no version with alias 'champion'; `learn2tune promote {config}` sets the champion",
+    ),
+    # --- servers on a port another server holds
+    Mistake(
+        "serve-busy-port", "serves on a port another server already listens on",
+        "learn2tune serve {config} --version 1 --port {busy_port}",
+        "port {busy_port} on 127.0.0.1 is in use: another server listens there; stop it or choose another "
+        "port with --port",
+    ),
+    Mistake(
+        "ui-busy-port", "starts the MLflow UI on a port another server already listens on",
+        "learn2tune ui {config} --port {busy_port}",
+        "port {busy_port} on 127.0.0.1 is in use",
     ),
     # --- storage URIs (a real S3-compatible server on 127.0.0.1 answers)
     Mistake(
@@ -554,7 +593,7 @@ MISTAKES = [
     ),
     Mistake(
         "storage-missing-bucket-dataset", "builds the dataset into a bucket that does not exist",
-        "learn2tune build -c {config} --out s3://no-such-bucket/datasets/tiny",
+        "learn2tune build {config} --out s3://no-such-bucket/datasets/tiny",
         "data.dir: bucket 'no-such-bucket' of s3://no-such-bucket/datasets/tiny does not exist at http://127.0.0.1:",
     ),
     # --- serving requests (to the 3-way MAML; the scoring server answers them with HTTP 400)
@@ -637,7 +676,7 @@ def world(tmp_path_factory, pipeline_ray) -> World:
     config = root / "tiny.yaml"
     config.write_text(CONFIG.format(root=root))
     assert main(["run", str(config)]) == 0
-    assert main(["build", "-c", str(config), "--set", "data.seed=1", "--out", str(root / "other")]) == 0
+    assert main(["build", str(config), "--set", "data.seed=1", "--out", str(root / "other")]) == 0
     fingerprint, other = (DatasetStore.open(root / name).fingerprint for name in ("dataset", "other"))
     source = make_client(f"sqlite:///{root}/mlflow.db").get_model_version_download_uri("tiny", "1")
     model = mlflow.pyfunc.load_model(source, dst_path=str(tmp_path_factory.mktemp("model")))
@@ -650,6 +689,17 @@ def world(tmp_path_factory, pipeline_ray) -> World:
 
 
 ONE_LINE_WITHIN_S = 15
+
+
+@pytest.fixture(scope="module")
+def busy_port():
+    """A loopback port a server listens on for the module's rows."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
@@ -666,6 +716,8 @@ def test_mistake_gets_one_line_and_changes_nothing(
     if "{refusing_server" in str(mistake.command):  # started only for the rows that need it
         server = request.getfixturevalue("ops_mlflow_server").refusing_url
         places.update(refusing_server=server, refusing_server_address=server.removeprefix("http://"))
+    if "{busy_port}" in str(mistake.command):
+        places.update(busy_port=str(request.getfixturevalue("busy_port")))
     before = snapshot(world.root, tmp_path)
     started = time.monotonic()
     if isinstance(mistake.command, Request):
@@ -689,17 +741,23 @@ def error_line(argv: list[str], capsys) -> str:
 
 
 def refusal(world: World, request: Request) -> str:
-    """The model's one-line refusal of ``request`` (an HTTP 400 from the scoring server)."""
+    """The model's one-line refusal of ``request``: the HTTP 400 message of MLflow's scoring server
+    (its request handler, called in-process), which must not carry the request back (its base64)."""
     from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
 
-    body = request_body(world.support[: request.classes], world.query)["dataframe_split"]
+    body = request_body(world.support[: request.classes], world.query)
+    split = body["dataframe_split"]
     if request.edit is not None:
         row, column, value = request.edit
-        body["data"][row][body["columns"].index(column)] = value
+        split["data"][row][split["columns"].index(column)] = value
     with pytest.raises(MlflowException) as refused:
-        world.model.predict(pd.DataFrame(body["data"], columns=body["columns"]))
+        scoring_server.invocations(
+            json.dumps(body), "application/json", world.model, world.model.metadata.get_input_schema()
+        )
     message = refused.value.message
     assert refused.value.get_http_status_code() == 400 and "\n" not in message, message
+    assert "Failed to predict" not in message and len(message) < 300, message
     return message
 
 

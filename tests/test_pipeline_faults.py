@@ -141,7 +141,9 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, 
     client = mlflow_client(tmp_path)
     if stop == signal.SIGINT:  # a graceful stop: a hint to resume, and no run left RUNNING
         assert code == 130, log.read_text()
-        assert "finish it with `learn2tune search --resume`" in log.read_text()
+        # our own hint, with the config the search was started with; none of Tune's advice to Tuner users
+        assert f"finish it with `learn2tune search {config} --resume`" in log.read_text()
+        assert "Tuner.restore" not in log.read_text() and "FileNotFoundError" not in log.read_text()
         assert {run.info.status for run in all_runs(client, experiment_dir)} <= {"FINISHED", "KILLED"}
     capsys.readouterr()
 
