@@ -191,7 +191,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         out(ui_hint(config))
         return 0
     command = ui_command(config, args.port)
-    out(" ".join(command))
+    out(ui_hint(config, args.port))
     env = dict(os.environ, PATH=f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces this process
