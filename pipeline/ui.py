@@ -54,7 +54,8 @@ def experiment_id(config: Config) -> str | None:
 
 
 def ui_command(config: Config, port: int = 5000) -> list[str]:
-    """The ``mlflow ui`` command line for this config's tracking store, bound to 127.0.0.1."""
+    """The ``mlflow ui`` command line for this config's tracking store, bound to 127.0.0.1, with one worker
+    process (MLflow's default 4 take ~1.2 GB and start slower; one user's browser needs one)."""
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     return [
         str(mlflow_bin),
@@ -65,4 +66,6 @@ def ui_command(config: Config, port: int = 5000) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
+        "--workers",
+        "1",
     ]

@@ -31,6 +31,8 @@ def test_ui_command_binds_to_localhost(tmp_path):
         "127.0.0.1",
         "--port",
         "5000",
+        "--workers",
+        "1",
     ]
 
 
@@ -47,5 +49,5 @@ def test_ui_hint_links_the_runs_table_of_a_local_store(tmp_path):
     experiment_id = ensure_experiment(client, "clitest", uri)
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     command, link = ui_hint(config, port=5123).split("   # then open ")
-    assert command.endswith("--port 5123")
+    assert command.endswith("--port 5123 --workers 1")
     assert link == f"http://127.0.0.1:5123/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
