@@ -13,7 +13,7 @@ export RAY_AUTH_MODE := disabled
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: run test lint bench ui clean env
+.PHONY: run test lint bench ui screenshots clean env
 
 env: $(STAMP)
 
@@ -46,7 +46,12 @@ bench: $(STAMP)
 	$(BIN)/learn2tune bench
 
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+	$(BIN)/learn2tune ui
+
+# The README's MLflow screenshots, from a fresh small run (needs a system chromium).
+screenshots: $(STAMP)
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/pip install -q -e ".[screenshots]"
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) runs mlflow.db mlartifacts .pytest_cache .mypy_cache .ruff_cache

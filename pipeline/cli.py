@@ -218,7 +218,7 @@ def cmd_ui(args: argparse.Namespace, out: Console) -> int:
         return 0
     check_port_free("127.0.0.1", args.port)  # `mlflow ui` on a busy port gives up, and exits 0
     command = ui_command(config, args.port)
-    out(" ".join(command))
+    out(ui_hint(config, args.port))
     env = dict(os.environ, PATH=f"{Path(command[0]).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     os.execve(command[0], command, env)
     return 0  # not reached: execve replaces this process

@@ -130,7 +130,8 @@ def artifact_root(uri: str) -> Path | None:
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of MLflow experiment ``name``, created (artifacts beside a SQLite store) if missing."""
+    """The id of MLflow experiment ``name``, created (artifacts beside a SQLite store, tagged as a machine
+    learning experiment) if missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
@@ -138,9 +139,11 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 f"MLflow experiment {name!r} is deleted; restore it in the MLflow UI or set tracking.experiment"
             )
         return experiment.experiment_id
+    from pipeline.ui import EXPERIMENT_TAGS
+
     root = artifact_root(uri)
     location = (root / name).as_uri() if root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 def check_registered_model(client: MlflowClient, name: str, uri: str) -> None:

@@ -29,6 +29,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import PipelineError
 from pipeline.ray_runtime import _host_port
+from pipeline.tracking import ensure_experiment, make_client
 from pipeline.ui import ui_hint
 
 LEARN2TUNE = str(Path(sys.executable).parent / "learn2tune")
@@ -204,15 +205,25 @@ def test_device_cuda_without_cuda_fails_the_trial_with_one_line(ops_ray_nodes, g
     assert "learn2tune.device" not in tags  # it never trained
 
 
-def test_ui_points_at_the_tracking_server(ops_mlflow_server, tmp_path, capsys):
+def test_ui_links_the_experiment_runs_table_on_the_tracking_server(ops_mlflow_server, tmp_path, capsys):
     config = tmp_path / "ui.yaml"
-    config.write_text(f"tracking: {{uri: {ops_mlflow_server.url}}}\n")
+    config.write_text(f"name: ui-link\ntracking: {{uri: {ops_mlflow_server.url}}}\n")
+    loaded = load_config(config, cwd=tmp_path, environ={})
+    served = "in a browser (the tracking server serves the MLflow UI)"
+    no_experiment_yet = f"open {ops_mlflow_server.url}/#/experiments?workflowType=machine_learning {served}"
+    assert ui_hint(loaded) == no_experiment_yet
+    client = make_client(ops_mlflow_server.url)
+    experiment_id = ensure_experiment(client, "ui-link", ops_mlflow_server.url)
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert main(["ui", str(config)]) == 0
-    hint = f"open {ops_mlflow_server.url} in a browser (the tracking server serves the MLflow UI)"
+    hint = f"open {ops_mlflow_server.url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning {served}"
     assert capsys.readouterr().out.strip() == hint
-    assert ui_hint(load_config(config, cwd=tmp_path, environ={})) == hint  # the end of `learn2tune run`
+    assert ui_hint(loaded) == hint  # the end of `learn2tune run`
     local = load_config(None, cwd=tmp_path, environ={})
-    assert ui_hint(local).split()[1:4] == ["ui", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    command, link = ui_hint(local).split("   # then open ")
+    assert command.split()[1:4] == ["ui", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert link == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    assert not (tmp_path / "mlflow.db").exists(), "the hint opened (so created) a store that was not there"
 
 
 @pytest.mark.parametrize(
