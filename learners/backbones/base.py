@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ class Backbone(nn.Module, abc.ABC):
     embedding_dim: int  # the size of one image's output, flattened
     feature_shape: tuple[int, int, int]  # the last feature map, C x h x w
     features: Features
+    knobs: ClassVar[tuple[str, ...]]  # the BackboneHyperparams fields it reads (the search leaves out the others')
 
     @classmethod
     @abc.abstractmethod

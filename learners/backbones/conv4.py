@@ -31,7 +31,7 @@ Choices made:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -47,6 +47,8 @@ DOWNSAMPLES: tuple[str, ...] = ("pool", "stride")
 
 class Conv4(Backbone):
     """Conv-4 embedding network: ``[B, C, H, W] -> [B, embedding_dim]``."""
+
+    knobs: ClassVar[tuple[str, ...]] = ("width", "depth")
 
     def __init__(
         self,

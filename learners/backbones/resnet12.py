@@ -28,7 +28,7 @@ Choices made:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,8 @@ def drop_block(x: torch.Tensor, rate: float, block_size: int) -> torch.Tensor:
 
 class ResNet12(Backbone):
     """ResNet-12 embedding network: ``[B, C, H, W] -> [B, embedding_dim]`` (see the module docstring)."""
+
+    knobs: ClassVar[tuple[str, ...]] = ("width", "dropblock")
 
     def __init__(
         self,
