@@ -85,6 +85,8 @@ def searched_space(
     """``family``'s search space less the knobs ``fixed`` sets for it and those of backbones out of play."""
     space = {k: d for k, d in get_family(family).search_space.items() if k not in fixed.get(family, {})}
     playing = backbones_in_play(family, fixed, backbones)
+    if not playing:  # a family without a backbone: nothing to narrow
+        return space
     unused = {knob for name in backbone_names() for knob in backbone_class(name).knobs} - {
         knob for name in playing for knob in backbone_class(name).knobs
     }
@@ -111,13 +113,15 @@ def backbones_in_play(
     family: str, fixed: Mapping[str, Mapping[str, Any]], backbones: tuple[str, ...]
 ) -> tuple[str, ...]:
     """The backbones ``family``'s trials may use: its fixed one; else those of ``backbones`` its space
-    allows, when it searches ``backbone``; else its default. ``ValueError`` when none is left."""
+    allows, when it searches ``backbone``; else its default; none for a family without a backbone.
+    ``ValueError`` when ``backbones`` leaves a family that searches its backbone none."""
     if BACKBONE_KEY in fixed.get(family, {}):
         return (fixed[family][BACKBONE_KEY],)
     learner_cls = get_family(family)
     declared = learner_cls.search_space.get(BACKBONE_KEY)
     if not isinstance(declared, Choice):
-        return (learner_cls.Hyperparams().backbone,)
+        default = getattr(learner_cls.Hyperparams(), BACKBONE_KEY, None)
+        return (default,) if default is not None else ()
     playing = tuple(name for name in backbones if name in declared.options)
     if not playing:
         raise ValueError(
