@@ -1,6 +1,7 @@
 """Meta-iteration time of every learner family, same shapes, same machine, same run.
 
     .venv/bin/python -m benchmarks.families [--iters N] [--tasks T] [--device cpu|cuda]
+    .venv/bin/python -m benchmarks.families --backbone resnet12 [--width W] [--query Q]  (beside Conv-4, 84x84x3)
 
 Every family of :func:`learners.registry.family_names` is built with
 :func:`learners.checkpoint.build_learner` at its default hyperparameters for 28x28x1 images and
@@ -37,7 +38,7 @@ from functools import partial
 
 import torch
 
-from benchmarks import memory
+from benchmarks import backbones, memory
 from benchmarks.batches import IMAGE, QUERY, SHOTS, WAYS, random_batch
 from benchmarks.flops import (
     MATMUL_FLOPS,
@@ -49,6 +50,7 @@ from benchmarks.flops import (
 )
 from benchmarks.maml import device_name, interleaved_medians
 from benchmarks.metric_plain import PLAIN_FAMILIES, plain_learner, plain_step
+from learners.backbones import backbone_names
 from learners.base import Learner
 from learners.checkpoint import build_learner
 from learners.registry import family_names
@@ -76,30 +78,40 @@ def task_by_task(family: str, learner: Learner, batch: EpisodeBatch, device: tor
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m benchmarks.families", description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=3, help="timed meta-iterations per measurement (default 3)")
-    parser.add_argument("--tasks", type=int, default=8, help="tasks per meta-batch (default 8)")
+    parser.add_argument("--tasks", type=int, help="tasks per meta-batch (default 8; 4 with --backbone)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--families", default=None, help="comma-separated families to time (default: all registered)")
+    parser.add_argument(
+        "--backbone", help="time every family on this backbone beside conv4 at 84x84x3 (benchmarks/backbones.py)"
+    )
+    parser.add_argument("--width", type=int, help="with --backbone: every family's first-stage width")
+    parser.add_argument("--query", type=int, default=QUERY, help=f"queries per class (default {QUERY})")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device here")
-    if args.iters < 1 or args.tasks < 1:
-        parser.error("--iters and --tasks must be at least 1")
-    device = torch.device(args.device)
-    name = device_name(device)
-    print(
-        f"meta-iteration per learner family, {WAYS}-way {SHOTS}-shot {QUERY} query, meta-batch {args.tasks}, "
-        f"{'x'.join(map(str, IMAGE))}; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs "
-        f"after one warm-up\ndefault hyperparameters, except path='split' for {', '.join(SPLIT_FAMILIES)} "
-        f"(their default 'auto' would also try split-compiled, a minutes-long torch.compile)",
-        flush=True,
-    )
-    batch = random_batch(device, tasks=args.tasks)
+    args.tasks = args.tasks or (4 if args.backbone else 8)
+    if args.iters < 1 or args.tasks < 1 or args.query < 1 or (args.width is not None and args.width < 1):
+        parser.error("--iters, --tasks, --query and --width must be at least 1")
     families = family_names()
     if args.families:
         unknown = sorted(set(args.families.split(",")) - set(families))
         if unknown:
             parser.error(f"unknown families {', '.join(unknown)}; choose from {', '.join(families)}")
         families = [f for f in families if f in args.families.split(",")]
+    device = torch.device(args.device)
+    if args.backbone:
+        if args.backbone not in backbone_names():
+            parser.error(f"unknown backbone {args.backbone!r}; choose from {', '.join(backbone_names())}")
+        return backbones.run(args.backbone, families, args.tasks, args.query, args.width, args.iters, device)
+    name = device_name(device)
+    print(
+        f"meta-iteration per learner family, {WAYS}-way {SHOTS}-shot {args.query} query, meta-batch {args.tasks}, "
+        f"{'x'.join(map(str, IMAGE))}; {name}; torch {torch.__version__}; medians of {args.iters} interleaved runs "
+        f"after one warm-up\ndefault hyperparameters, except path='split' for {', '.join(SPLIT_FAMILIES)} "
+        f"(their default 'auto' would also try split-compiled, a minutes-long torch.compile)",
+        flush=True,
+    )
+    batch = random_batch(device, tasks=args.tasks, query=args.query)
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
     methods: dict[str, Callable[[], object]] = {
         f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()

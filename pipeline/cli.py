@@ -276,6 +276,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "rotations": ("data.rotations", "true"),
     "out": ("data.dir", "text"),
     "families": ("search.families", "list"),
+    "backbones": ("search.backbones", "list"),
     "trials": ("search.trials", "scalar"),
     "max_iterations": ("search.max_iterations", "scalar"),
     "cpus_per_trial": ("search.resources.cpu", "scalar"),
@@ -406,6 +407,7 @@ def _command(
 
 def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--families", help="comma-separated learner families, or 'all'")
+    parser.add_argument("--backbones", help="comma-separated backbones the searched families draw from, or 'all'")
     parser.add_argument("--trials", help="number of trials")
     parser.add_argument("--max-iterations", help="meta-iterations per trial (ASHA max_t)")
     parser.add_argument("--cpus-per-trial", help="CPUs per trial")

@@ -56,7 +56,10 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
 
     workdir = _absolute_storage(config.workdir, cwd)
     data = config.data
+    from learners.backbones import backbone_names
+
     families = tuple(family_names()) if config.search.families == ("all",) else config.search.families
+    backbones = backbone_names() if config.search.backbones == ("all",) else config.search.backbones
     # Resolved on the driver, so trials on nodes without these variables reach the same endpoint.
     endpoint = storage.endpoint(config.storage.endpoint_url, environ)
     changes = {
@@ -69,7 +72,11 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
             }
         ),
         "search": config.search.model_copy(
-            update={"families": tuple(dict.fromkeys(families)), "grace_iterations": grace_iterations(config.search)}
+            update={
+                "families": tuple(dict.fromkeys(families)),
+                "backbones": tuple(dict.fromkeys(backbones)),
+                "grace_iterations": grace_iterations(config.search),
+            }
         ),
         "tracking": config.tracking.model_copy(
             update={

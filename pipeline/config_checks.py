@@ -78,9 +78,10 @@ def _validate_families(search: SearchConfig) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"search.fixed.{family} must be a mapping of hyperparameters, got {values!r}")
         _hparams(f"search.fixed.{family}", family, values)
+    _validate_backbones(search, tuple(names))
     for family in names:
         if search.fixed.get(family):
-            _validate_bounds(family, search.fixed[family])
+            _validate_bounds(family, search.fixed[family], search.backbones)
     _validate_points(search, tuple(names))
 
 
@@ -90,7 +91,29 @@ def _did_you_mean(name: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _validate_bounds(family: str, fixed: Mapping[str, Any]) -> None:
+def _validate_backbones(search: SearchConfig, families: tuple[str, ...]) -> None:
+    """``search.backbones`` names registered backbones and leaves every searched family one."""
+    from learners.backbones import backbone_names
+    from pipeline.space import DEFAULT_BACKBONES, backbones_in_play
+
+    known = backbone_names()
+    for name in search.backbones:
+        if name not in (*known, "all"):
+            raise ConfigError(
+                f"search.backbones: unknown backbone {name!r}; choose from: 'all', {', '.join(known)}"
+                f"{_did_you_mean(name, list(known))}"
+            )
+    if search.backbones == DEFAULT_BACKBONES:  # every family allows Conv-4: no learner module needed
+        return
+    backbones = known if search.backbones == ("all",) else search.backbones
+    for family in families:
+        try:
+            backbones_in_play(family, search.fixed, backbones)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _validate_bounds(family: str, fixed: Mapping[str, Any], backbones: tuple[str, ...]) -> None:
     """Every value the search may draw for a knob, with the ``fixed`` ones, is one the family accepts.
 
     Each bound (a range's ends, every choice) is tried with the other knobs at their defaults, so
@@ -99,10 +122,12 @@ def _validate_bounds(family: str, fixed: Mapping[str, Any]) -> None:
     fixed values the declared bounds are the code's own (tests/test_learners_common.py checks
     them), so a config that fixes nothing needs no learner module (nor torch) to load.
     """
+    from learners.backbones import backbone_names
     from learners.space import Choice
     from pipeline.space import searched_space
 
-    for param, distribution in searched_space(family, {family: fixed}).items():
+    every = backbone_names() if backbones == ("all",) else backbones
+    for param, distribution in searched_space(family, {family: fixed}, every).items():
         bounds = distribution.options if isinstance(distribution, Choice) else (distribution.low, distribution.high)
         for bound in bounds:
             where = f"the search space of {family}.{param} ({distribution}) with search.fixed.{family}"
@@ -111,6 +136,7 @@ def _validate_bounds(family: str, fixed: Mapping[str, Any]) -> None:
 
 def _validate_points(search: SearchConfig, families: tuple[str, ...]) -> None:
     """Each point names a searched family and values its search space can draw (and its family accepts)."""
+    from learners.backbones import backbone_names
     from pipeline.space import contains, searched_space
 
     for family, values in search.points_to_evaluate.items():
@@ -119,7 +145,8 @@ def _validate_points(search: SearchConfig, families: tuple[str, ...]) -> None:
             raise ConfigError(f"{field}: {family!r} is not searched; search.families is {', '.join(families)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{field} must be a mapping of searched hyperparameters, got {values!r}")
-        space = searched_space(family, search.fixed)
+        backbones = backbone_names() if search.backbones == ("all",) else search.backbones
+        space = searched_space(family, search.fixed, backbones)
         for param, value in values.items():
             if param not in space:
                 raise ConfigError(

@@ -93,6 +93,8 @@ class Resources(Section):
 
 class SearchConfig(Section):
     families: ListOf[Text] = ("protonet", "maml")
+    # the backbones the families that search `backbone` draw from (learners/backbones), or all
+    backbones: ListOf[Text] = ("conv4",)
     trials: Count = 8
     max_iterations: Count = 400
     # ASHA's grace period: meta-iterations, or a fraction of max_iterations; null: a quarter of them

@@ -198,7 +198,7 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=OptunaSearch(
-                space=define_by_run(search.families, search.fixed, search.points_to_evaluate),
+                space=define_by_run(search.families, search.fixed, search.points_to_evaluate, search.backbones),
                 metric=METRIC,
                 mode="max",
                 seed=config.seed,

@@ -221,6 +221,17 @@ MISTAKES = [
         "; did you mean 'maml'?",
     ),
     Mistake(
+        "config-unknown-backbone", "names a backbone that is not registered",
+        "learn2tune search {config} --backbones conv4,vgg16",
+        "config error: search.backbones: unknown backbone 'vgg16'; choose from: 'all', conv4, resnet12",
+    ),
+    Mistake(
+        "config-dropblock-under-maml", "asks MAML's functionally adapted network for DropBlock",
+        "learn2tune search {config} --set search.fixed.maml.backbone=resnet12 --set search.fixed.maml.dropblock=0.1",
+        "config error: search.fixed.maml: maml.dropblock must be 0 for the families that adapt their backbone "
+        "functionally",
+    ),
+    Mistake(
         "config-unknown-source", "misspells the data source",
         "learn2tune build -c {config} --set data.source=omniglott",
         "config error: data.source must be one of synthetic, omniglot, folder, csv-split, got 'omniglott'; "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call, vmap
 
-from learners.backbone import Conv4
+from learners.backbones.conv4 import Conv4
 from learners.base import Learner
 from learners.checkpoint import load_learner, save_learner
 from learners.registry import HyperparamError, family_names, get_family, make_hparams
@@ -90,6 +90,10 @@ def test_every_value_the_search_space_declares_is_one_the_family_accepts(family)
         ("mann", {"gamma": 1.5}, "mann.gamma must be in [0, 1], got 1.5"),
         ("mann", {"read_heads": 200}, "mann.read_heads (200) must not exceed memory_slots (128)"),
         ("metanet", {"pairs": 0}, "metanet.pairs must be >= 1, got 0"),
+        ("protonet", {"backbone": "vgg16"}, "protonet.backbone must be one of conv4, resnet12, got 'vgg16'"),
+        ("siamese", {"dropblock": 1.0}, "siamese.dropblock must be in [0, 1), got 1.0"),
+        ("reptile", {"dropblock": 0.1}, "reptile.dropblock must be 0 for the families that adapt their backbone"),
+        ("mann", {"backbone": "resnet12"}, "mann.backbone 'resnet12' needs encoder 'conv'"),
     ],
 )
 def test_each_hyperparameter_dataclass_refuses_values_its_learner_cannot_use(family, values, expected):

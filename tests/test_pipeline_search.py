@@ -23,14 +23,46 @@ def test_space_is_conditional_on_the_family_and_leaves_fixed_knobs_out():
         constants = space(trial)
         family = trial.params[FAMILY_KEY]
         seen.append(family)
-        expected = set(get_family(family).search_space) - set(fixed.get(family, {}))
+        # the declared space less the fixed knobs; FOMAML's backbone is set (search.backbones: conv4 alone)
+        expected = set(get_family(family).search_space) - set(fixed.get(family, {})) - {"backbone"}
         assert {k for k in trial.params if k != FAMILY_KEY} == {f"{family}.{k}" for k in expected}
-        assert constants == {INDEX_KEY: number}
+        assert constants == {INDEX_KEY: number, **({"fomaml.backbone": "conv4"} if family == "fomaml" else {})}
         config = {**trial.params, **constants}
         hparams = trial_hparams(config, fixed)
-        assert set(hparams) == expected | set(fixed.get(family, {}))
+        assert set(hparams) == expected | set(fixed.get(family, {})) | ({"backbone"} if family == "fomaml" else set())
         study.tell(trial, 0.5)
     assert set(seen[:2]) == {"maml", "fomaml"}  # each family once before the sampler decides
+
+
+@pytest.mark.parametrize(
+    "backbones, drawn, constant, searched, left_out",
+    [
+        (("conv4",), set(), "conv4", {"depth"}, {"backbone", "dropblock"}),  # before the registry: Conv-4 only
+        (("resnet12",), set(), "resnet12", {"dropblock"}, {"backbone", "depth"}),
+        (("conv4", "resnet12"), {"conv4", "resnet12"}, None, {"depth", "dropblock", "backbone"}, set()),
+    ],
+)
+def test_search_backbones_decide_which_backbones_and_knobs_a_family_searches(
+    backbones, drawn, constant, searched, left_out
+):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = define_by_run(("protonet", "maml"), {}, None, backbones)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        constants = space(trial)
+        if trial.params[FAMILY_KEY] == "protonet":
+            names = {k.removeprefix("protonet.") for k in trial.params if k != FAMILY_KEY}
+            assert searched <= names and not left_out & names
+            hparams = trial_hparams({**trial.params, **constants}, {})
+            seen.add(hparams["backbone"])
+            assert constant is None or hparams["backbone"] == constant
+        else:  # MAML does not search its backbone: it keeps its default, and Conv-4's depth
+            assert "maml.backbone" not in trial.params and "maml.depth" in trial.params
+            assert set(constants) == {INDEX_KEY}
+        study.tell(trial, 0.5)
+    assert seen == (drawn or {constant})
 
 
 def test_points_to_evaluate_are_the_first_trials_of_their_families():
