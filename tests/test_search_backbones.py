@@ -41,7 +41,7 @@ def test_a_search_over_families_and_backbones_runs_to_completion_with_nested_run
     from mlflow import MlflowClient
 
     (tmp_path / "search.yaml").write_text(CONFIG.format(root=tmp_path))
-    assert main(["build", "-c", str(tmp_path / "search.yaml")]) == 0
+    assert main(["build", str(tmp_path / "search.yaml")]) == 0
     assert main(["search", str(tmp_path / "search.yaml")]) == 0
     result = json.loads((tmp_path / "runs/tune/backbones/search_result.json").read_text())
     trials = result["trials"]
