@@ -25,7 +25,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from learners.hparam_checks import at_least
+from learners.backbones import backbone_names
+from learners.hparam_checks import at_least, below_one, one_of
 from learners.space import SearchSpace
 from tasks.episodes import EpisodeBatch, EpisodeSpec
 from tasks.sampler import EpisodeSampler
@@ -40,7 +41,12 @@ class TrainingSampler(Protocol):
 
 @dataclass(frozen=True)
 class BackboneHyperparams:
-    """Architecture knobs shared by every family built on the Conv-4 backbone.
+    """The backbone every family builds its embedding from (:mod:`learners.backbones`) and its knobs.
+
+    ``backbone``: a registered name (``conv4``, ``resnet12``). ``width``: the first stage's filters
+    (Conv-4: every block's; ResNet-12: ``width x (1, 2.5, 5, 10)``). ``depth``: Conv-4's blocks.
+    ``dropblock``: ResNet-12's drop rate (dropout, DropBlock in its last two blocks; 0 = off). A
+    backbone ignores the knobs that are not its own.
 
     Every family's hyperparameter dataclass derives from this one and checks its own values in
     :meth:`validate`, which runs on construction: no instance holds a value its learner cannot use.
@@ -48,6 +54,8 @@ class BackboneHyperparams:
 
     width: int = 64
     depth: int = 4
+    backbone: str = "conv4"
+    dropblock: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +65,8 @@ class BackboneHyperparams:
         choices). A subclass extends it, calling ``super().validate()`` first."""
         at_least("width", self.width, 1)
         at_least("depth", self.depth, 1)
+        one_of("backbone", self.backbone, backbone_names())
+        below_one("dropblock", self.dropblock)
 
 
 class Learner(nn.Module, abc.ABC):

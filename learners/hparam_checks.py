@@ -41,6 +41,22 @@ def within(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
 
 
+def below_one(name: str, value: float) -> None:
+    """``value`` must lie in ``[0, 1)`` (a rate of dropping)."""
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def no_dropblock(name: str, value: float) -> None:
+    """``value`` must be 0: the gradient-based families adapt a pure network (torch.func), which a
+    random dropout mask per call would break (see :mod:`learners.backbones.resnet12`)."""
+    if value:
+        raise ValueError(
+            f"{name} must be 0 for the families that adapt their backbone functionally (random masks cannot "
+            f"run under torch.func), got {value!r}"
+        )
+
+
 def size_or_unset(name: str, value: str) -> None:
     """``value`` must be empty (no limit) or a size such as ``2GiB``."""
     from learners.peak_memory import parse_size

@@ -1,11 +1,11 @@
 """MAML and first-order MAML (Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning).
 
-Meta-parameters: a Conv-4 (stride-2 convolutions by default, Finn's Omniglot model) and a linear
-head with ``ways`` outputs (on :func:`finn_features`). Each task adapts a copy with ``inner_steps``
-SGD steps of size ``inner_lr`` on its support set (Finn, Omniglot 5-way: 0.4, 1 step); the
-meta-update is Adam (``meta_lr``, Finn: 1e-3) on the mean query loss, differentiated through the
-inner loop (second order) or not (``first_order``; FOMAML). Evaluation adapts with
-``test_inner_steps`` (Finn: 10).
+Meta-parameters: a backbone (:mod:`learners.backbones`; Conv-4 by default, stride-2 convolutions,
+Finn's Omniglot model) and a linear head with ``ways`` outputs (on :func:`finn_features`). Each
+task adapts a copy with ``inner_steps`` SGD steps of size ``inner_lr`` on its support set (Finn,
+Omniglot 5-way: 0.4, 1 step); the meta-update is Adam (``meta_lr``, Finn: 1e-3) on the mean query
+loss, differentiated through the inner loop (second order) or not (``first_order``; FOMAML).
+Evaluation adapts with ``test_inner_steps`` (Finn: 10).
 
 The head reads what Finn's code feeds it: with stride-2 convolutions (Omniglot) the last feature
 map averaged over its positions (``width`` numbers), with max-pooling (miniImageNet) the flattened
@@ -17,6 +17,12 @@ that far away, pointed against the true one (cosine -0.26; 0.41 with the mean). 
 first-order MAML reached a training accuracy of 0.39 in 110 meta-iterations with the flattened head
 and 0.73 with the mean (this module: 0.72; ``learn2tune bench fomaml-reference --flattened``,
 ``tests/test_fomaml_reference.py``). Second order follows the inner step exactly and did not suffer.
+
+Backbones: MAML (second order) does not search ``backbone``: differentiating through the inner loop
+of a ResNet-12 (12.4M weights at width 64) costs memory on the order of the adapted weights per task
+and step; set ``backbone: resnet12`` (and a ``memory_limit``) to get it anyway. FOMAML, first order
+and so as lean as plain training, searches Conv-4 and ResNet-12. No DropBlock in either
+(``dropblock`` must be 0): the network is a pure function for ``torch.func``.
 
 Batch-norm always uses the statistics of the batch it sees, as Finn's code does: the model is
 transductive (query logits depend on the task's other query images) and keeps no running stats.
@@ -43,9 +49,11 @@ from typing import ClassVar
 import torch
 
 from learners.auto_path import AutoPath, AutoPolicy
-from learners.backbone import DOWNSAMPLES, Downsample, Features, adaptable_classifier
+from learners.backbones import adaptable_classifier, backbone_names
+from learners.backbones.base import Features
+from learners.backbones.conv4 import DOWNSAMPLES, Downsample
 from learners.base import BackboneHyperparams, Learner, episode_ways
-from learners.hparam_checks import at_least, one_of, path_or_auto, positive, size_or_unset
+from learners.hparam_checks import at_least, no_dropblock, one_of, path_or_auto, positive, size_or_unset
 from learners.meta_gradient import PATHS, InnerLR, MetaGradient, MetaStep
 from learners.peak_memory import parse_size
 from learners.space import Choice, Float, Int
@@ -79,6 +87,7 @@ class MAMLHyperparams(BackboneHyperparams):
         one_of("downsample", self.downsample, DOWNSAMPLES)
         path_or_auto("path", self.path, PATHS)
         size_or_unset("memory_limit", self.memory_limit)
+        no_dropblock("dropblock", self.dropblock)
 
 
 class MAML(Learner):
@@ -100,12 +109,12 @@ class MAML(Learner):
         "inner_steps": Int(1, 5),
         "width": Choice((32, 64, 128)),
         "depth": Int(2, 4),
-    }
+    }  # no backbone: second order through ResNet-12 (12.4M weights) costs memory; FOMAML searches it
 
     def __init__(self, hparams: MAMLHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
         self.net = adaptable_classifier(
-            image_shape, hparams.width, hparams.depth, hparams.downsample, ways, finn_features(hparams.downsample)
+            hparams, image_shape, ways, downsample=hparams.downsample, features=finn_features(hparams)
         )
         self.meta_gradient = MetaGradient(self.net, self.inner_learning_rate(), hparams.inner_steps, self.first_order)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.meta_lr)
@@ -162,13 +171,17 @@ class FOMAML(MAML):
 
     family: ClassVar[str] = "fomaml"
     Hyperparams = MAMLHyperparams  # type: ignore[assignment]  # MAML.Hyperparams less its first_order field
+    search_space = {**MAML.search_space, "backbone": Choice(backbone_names())}
 
     @property
     def first_order(self) -> bool:
         return True
 
 
-def finn_features(downsample: str) -> Features:
-    """What the head of Finn's network reads (cbfinn/maml, ``forward_conv``): the spatial mean of the last
-    feature map in the Omniglot model (stride-2 convolutions), the flattened map in the miniImageNet one."""
-    return "mean" if downsample == "stride" else "flatten"
+def finn_features(hparams: MAMLHyperparams | BackboneHyperparams) -> Features | None:
+    """What the head reads. Conv-4: as in Finn's network (cbfinn/maml, ``forward_conv``), the spatial mean
+    of the last feature map in the Omniglot model (stride-2 convolutions), the flattened map in the
+    miniImageNet one. Another backbone: its own default (ResNet-12: the global average, 640 numbers)."""
+    if hparams.backbone != "conv4":
+        return None
+    return "mean" if getattr(hparams, "downsample", "pool") == "stride" else "flatten"

@@ -18,7 +18,11 @@ shown one step late (the first step gets a zero label vector), so the network mu
 in memory until its label arrives and bind the two there. ``features`` is the flattened pixels,
 as in the paper (``encoder="pixels"``, the default; the paper down-sampled Omniglot to 20x20, here
 the dataset's own image size is used), or the shared Conv-4 embedding trained end to end
-(``encoder="conv"``, :mod:`learners.backbone`; ``width``/``depth`` apply to it only).
+(``encoder="conv"``: the backbone of :mod:`learners.backbones`, Conv-4 or ResNet-12, with its knobs
+``backbone``/``width``/``depth``/``dropblock``, which apply to it only: a ``backbone`` other than
+``conv4`` with ``encoder="pixels"`` is refused rather than ignored). ``backbone`` is not searched:
+MANN learns slowly (100,000 episodes in the paper), the Conv-4 encoder already costs ~5x the pixels'
+step on a CPU without a gain in its first 500 steps (below), and ResNet-12 far more.
 
 How an episode maps onto the paper's instance-wise protocol
 -----------------------------------------------------------
@@ -93,7 +97,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbones import build_backbone
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.hparam_checks import at_least, one_of, positive, within
 from learners.metric import accuracy, evaluating
@@ -108,10 +112,10 @@ _EPS = 1e-8
 
 @dataclass(frozen=True)
 class MannHyperparams(BackboneHyperparams):
-    """MANN hyperparameters (sizes default to the paper's Omniglot model; ``width``/``depth``: Conv-4)."""
+    """MANN hyperparameters (sizes default to the paper's Omniglot model; the backbone knobs: ``encoder="conv"``)."""
 
     lr: float = 1e-3
-    encoder: str = "pixels"  # pixels (the paper) | conv (Conv-4 with width/depth)
+    encoder: str = "pixels"  # pixels (the paper) | conv (the backbone: Conv-4 or ResNet-12)
     controller_size: int = 200  # LSTM units
     memory_slots: int = 128  # rows of the memory matrix
     memory_size: int = 40  # columns (key and row size)
@@ -125,6 +129,11 @@ class MannHyperparams(BackboneHyperparams):
         super().validate()
         positive("lr", self.lr)
         one_of("encoder", self.encoder, ENCODERS)
+        if self.encoder == "pixels" and self.backbone != "conv4":
+            raise ValueError(
+                f"backbone {self.backbone!r} needs encoder 'conv' (the default encoder, pixels, has no backbone); "
+                f"set encoder: conv"
+            )
         for name in ("controller_size", "memory_slots", "memory_size", "read_heads"):
             at_least(name, getattr(self, name), 1)
         if self.read_heads > self.memory_slots:
@@ -250,7 +259,7 @@ class MANN(Learner):
     def __init__(self, hparams: MannHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
         if hparams.encoder == "conv":
-            self.encoder: nn.Module = Conv4(self.image_shape, hparams.width, hparams.depth)
+            self.encoder: nn.Module = build_backbone(hparams, self.image_shape, running_stats=True)
             features = self.encoder.embedding_dim
         else:
             self.encoder = nn.Flatten()

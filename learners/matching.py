@@ -18,7 +18,8 @@ Conv-4 embedding. With ``fce=True`` (the paper's appendix):
 
 Choices made:
 
-- ``f'`` and ``g'`` are one shared Conv-4 (as in the paper's Omniglot model).
+- ``f'`` and ``g'`` are one shared backbone (Conv-4 as in the paper's Omniglot model, or ResNet-12;
+  both searched, :mod:`learners.backbones`).
 - The attention LSTM is written out (one linear map of ``[f', h, r]`` to the four gates),
   because its hidden state ``[h, r]`` is twice the width of its output, which ``nn.LSTMCell``
   cannot express. Its state starts at ``h_0 = 0``, ``c_0 = 0`` (so ``r_0`` is the plain mean of
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbones import DROPBLOCK_RATES, backbone_names, build_backbone
 from learners.base import BackboneHyperparams
 from learners.hparam_checks import at_least, positive
 from learners.metric import EpisodeLossLearner, channels_last, embed_tasks, one_hot_support
@@ -108,11 +109,13 @@ class Matching(EpisodeLossLearner):
         "depth": Int(2, 4),
         "fce": Choice((False, True)),
         "fce_steps": Int(1, 10),
+        "backbone": Choice(backbone_names()),
+        "dropblock": Choice(DROPBLOCK_RATES),
     }
 
     def __init__(self, hparams: MatchingHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        self.encoder = Conv4(image_shape, hparams.width, hparams.depth)
+        self.encoder = build_backbone(hparams, image_shape, running_stats=True)
         dim = self.encoder.embedding_dim
         self.support_context = SupportContext(dim) if hparams.fce else None
         self.query_context = AttentionLSTM(dim, hparams.fce_steps) if hparams.fce else None

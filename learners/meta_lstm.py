@@ -1,7 +1,7 @@
 """Meta-learner LSTM (Ravi & Larochelle 2017, Optimization as a Model for Few-Shot Learning).
 
-A learner network (Conv-4 plus a ``ways``-way linear head) is trained on each task's support set
-by a coordinate-wise LSTM instead of by SGD. The LSTM's cell state *is* the learner's flattened
+A learner network (the backbone, Conv-4 by default, plus a ``ways``-way linear head) is trained on
+each task's support set by a coordinate-wise LSTM instead of by SGD. The LSTM's cell state *is* the learner's flattened
 parameter vector ``θ``:
 
     c_t = f_t ⊙ c_t-1 - i_t ⊙ ∇_t,        θ_t = c_t,        c_0 = the learned initial parameters,
@@ -27,6 +27,10 @@ Choices made:
   and at meta-test time and keeps no running averages across tasks (Conv-4 with
   ``running_stats=False``): predictions are transductive within a task's query set. The batch-norm
   scale and shift are learner parameters and so part of the cell state.
+- ``backbone`` is not searched: the cell state holds every learner parameter per task and the LSTM
+  runs over all of them, so its memory grows with the backbone's size times tasks times ``hidden``
+  (the paper's 32-filter Conv-4: ~0.1M parameters; ResNet-12 at width 64: 12.4M, some GB per step).
+  ``backbone: resnet12`` may be set, at a small ``width`` (8: ~0.2M parameters); no DropBlock.
 - Each inner step uses the whole support set (1-shot episodes have no smaller batch). Training and
   ``predict`` take the same ``inner_steps`` updates: the LSTM is trained for that horizon.
 - Initialisation: forget-gate bias uniform in [4, 6] (``f ≈ 1``, keep the parameters) and input-gate
@@ -51,10 +55,11 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from learners.auto_path import AutoPath, AutoPolicy
-from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
+from learners.backbones import adaptable_classifier
+from learners.backbones.conv4 import DOWNSAMPLES, Downsample
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.gradient_encoding import preprocess_gradients
-from learners.hparam_checks import at_least, one_of, path_or_auto, positive
+from learners.hparam_checks import at_least, no_dropblock, one_of, path_or_auto, positive
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
 
@@ -80,6 +85,7 @@ class MetaLSTMHyperparams(BackboneHyperparams):
         at_least("hidden", self.hidden, 1)
         one_of("downsample", self.downsample, DOWNSAMPLES)
         path_or_auto("path", self.path, PATHS)
+        no_dropblock("dropblock", self.dropblock)
 
 
 class MetaLearnerLSTM(nn.Module):
@@ -121,7 +127,7 @@ class MetaLSTM(Learner):
 
     def __init__(self, hparams: MetaLSTMHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
+        self.net = adaptable_classifier(hparams, image_shape, ways, downsample=hparams.downsample)
         self.meta_learner = MetaLearnerLSTM(hparams.hidden)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=hparams.meta_lr)
         self.paths = AutoPath(self.family, hparams.path, AUTO_POLICY)

@@ -4,9 +4,11 @@ MetaNet pairs slowly learned weights with *fast weights* that a meta-learner gen
 task, from loss gradients on the support set (the "meta information"). The paper's components,
 and what this module keeps:
 
-- **Base learner** ``b`` with slow weights ``W`` (here: a Conv-4 embedding from
-  :mod:`learners.backbone`, then an augmented hidden layer and an augmented ``ways``-way output
-  layer). Kept.
+- **Base learner** ``b`` with slow weights ``W`` (here: a backbone embedding from
+  :mod:`learners.backbones`, then an augmented hidden layer and an augmented ``ways``-way output
+  layer). Kept. Both trunks (``u``'s and ``b``'s) are the backbone, Conv-4 or ResNet-12 (searched:
+  only the fully connected layers on top get fast weights, so ResNet-12's 640 averaged features
+  keep the memory ``M`` smaller than Conv-4's flattened map at 84x84).
 - **Example-level fast weights** ``W*_i = m(Z, grad_W loss_task(b(W, x'_i), y'_i))``: one set per
   support example, from the gradient of that example's cross-entropy under the slow weights
   alone, stored in a memory ``M = {W*_i}``. Kept; ``m`` is a 3-layer MLP applied to every weight
@@ -71,7 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, vmap
 
-from learners.backbone import Conv4
+from learners.backbones import DROPBLOCK_RATES, backbone_names, build_backbone
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.gradient_encoding import preprocess_gradients
 from learners.hparam_checks import at_least, positive
@@ -86,7 +88,7 @@ _EPS = 1e-8
 
 @dataclass(frozen=True)
 class MetaNetHyperparams(BackboneHyperparams):
-    """MetaNet hyperparameters (``width``/``depth``: the two Conv-4 trunks)."""
+    """MetaNet hyperparameters (the backbone knobs: the two trunks)."""
 
     lr: float = 1e-3
     representation_dim: int = 64  # size of u's augmented layer (the memory keys r)
@@ -153,16 +155,18 @@ class MetaNet(Learner):
         # depth >= 3: with 28x28 images fewer blocks leave a large flattened map, and every
         # coordinate of the augmented layers' weights is a row for the generators.
         "depth": Int(3, 4),
+        "backbone": Choice(backbone_names()),
+        "dropblock": Choice(DROPBLOCK_RATES),
     }
 
     def __init__(self, hparams: MetaNetHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
         hp = hparams
         # u: representation learner (slow Q: trunk + layer; fast Q*: the layer only)
-        self.u_trunk = Conv4(self.image_shape, hp.width, hp.depth)
+        self.u_trunk = build_backbone(hp, self.image_shape, running_stats=True)
         self.u_layer = nn.Linear(self.u_trunk.embedding_dim, hp.representation_dim)
         # b: base learner (slow W; fast W*_i for the hidden and the output layer)
-        self.b_trunk = Conv4(self.image_shape, hp.width, hp.depth)
+        self.b_trunk = build_backbone(hp, self.image_shape, running_stats=True)
         self.b_hidden = nn.Linear(self.b_trunk.embedding_dim, hp.hidden_dim)
         self.b_output = nn.Linear(hp.hidden_dim, ways)
         # m: example-level fast-weight generator (Z), coordinate-wise MLP

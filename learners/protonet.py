@@ -1,6 +1,7 @@
 """Prototypical networks (Snell, Swersky & Zemel 2017).
 
-A Conv-4 embeds every image (2x2 max-pool blocks, as in the paper); a class's prototype is the
+The backbone (:mod:`learners.backbones`: Conv-4 with 2x2 max-pool blocks as in the paper, or
+ResNet-12 as in Lee et al. 2019 and Tian et al. 2020, both searched) embeds every image; a class's prototype is the
 mean embedding of its support images, and a query's logits are its negative squared Euclidean
 distances to the prototypes (``distance="cosine"``: cosine similarity times a learned scale,
 initialised to 10, since raw cosines in [-1, 1] make too flat a softmax).
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbones import DROPBLOCK_RATES, backbone_names, build_backbone
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.hparam_checks import at_least, one_of, positive
 from learners.metric import channels_last
@@ -36,7 +37,7 @@ COSINE_INITIAL_SCALE = 10.0
 
 
 class ProtoNet(Learner):
-    """Prototypical network on a Conv-4 embedding."""
+    """Prototypical network on the backbone's embedding."""
 
     family: ClassVar[str] = "protonet"
     paper: ClassVar[str] = "Snell, Swersky & Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS)"
@@ -61,11 +62,13 @@ class ProtoNet(Learner):
         "depth": Int(2, 4),
         "train_ways": Choice((0, 20, 60)),
         "distance": Choice(DISTANCES),
+        "backbone": Choice(backbone_names()),
+        "dropblock": Choice(DROPBLOCK_RATES),
     }
 
     def __init__(self, hparams: Hyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        self.encoder = Conv4(image_shape, hparams.width, hparams.depth, "pool", running_stats=True)
+        self.encoder = build_backbone(hparams, image_shape, running_stats=True)
         if hparams.distance == "cosine":
             self.scale = nn.Parameter(torch.tensor(COSINE_INITIAL_SCALE))
         channels_last(self)

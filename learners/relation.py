@@ -10,13 +10,16 @@ the scores onto the one-hot query labels with mean squared error, with Adam.
 
 Choices made:
 
-- Embedding: the shared Conv-4 recipe (3x3 conv, batch-norm, ReLU; ``width`` filters) with
-  max-pooling in the first two blocks only and ``depth - 2`` more blocks that keep the
-  resolution, as in the paper (there: 4 blocks, 64 filters). The pooled blocks are
-  :class:`learners.backbone.Conv4`'s own; the unpooled ones follow the same recipe. Unlike
-  the paper's Omniglot model, every convolution pads by 1, so 28x28 images give 7x7 maps
-  (the paper's unpadded first blocks give 5x5); the relation module's pools take 7 -> 3 -> 1.
-- The relation module keeps the paper's sizes: ``width`` filters and ``hidden`` units (8).
+- Embedding: the backbone's unflattened feature map (:mod:`learners.backbones`, ``features="map"``;
+  its shape ``feature_shape`` sizes the relation module). With Conv-4: 3x3 conv, batch-norm, ReLU,
+  ``width`` filters, max-pooling in the first two blocks only and ``depth - 2`` more blocks that
+  keep the resolution, as in the paper (there: 4 blocks, 64 filters). Unlike the paper's Omniglot
+  model, every convolution pads by 1, so 28x28 images give 7x7 maps (the paper's unpadded first
+  blocks give 5x5); the relation module's pools take 7 -> 3 -> 1. With ResNet-12 (searched too):
+  its 5x5 map at 84x84 (640 channels at width 64), as in ResNet-12 relation networks since.
+- The relation module keeps the paper's sizes: ``width`` filters and ``hidden`` units (8), on
+  ``2 x`` the backbone's channels. Each of its two max-pools halves a map of at least 2x2 and is
+  left out on a 1x1 map (ResNet-12 at 28x28), so every backbone and image size works.
 - ``C(class, query)`` is concatenated in the paper's order (class first). Its first
   convolution is linear, so it is computed as ``conv_class(class) + conv_query(query)`` with the
   two halves of the one weight tensor: the class half runs once per class and the query half
@@ -32,14 +35,15 @@ Choices made:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbones import DROPBLOCK_RATES, backbone_names, build_backbone
 from learners.base import BackboneHyperparams
 from learners.hparam_checks import at_least, positive
 from learners.metric import EpisodeLossLearner, channels_last, embed_tasks, one_hot_support
@@ -74,24 +78,21 @@ def _block(channels_in: int, channels_out: int, pool: bool) -> nn.Sequential:
 class RelationModule(nn.Module):
     """``g``: (class map, query map) pairs -> relation logit (pre-sigmoid score)."""
 
-    def __init__(self, width: int, map_hw: tuple[int, int], hidden: int) -> None:
+    def __init__(self, channels: int, width: int, map_hw: tuple[int, int], hidden: int) -> None:
         super().__init__()
-        height, wide = map_hw
-        if height < 4 or wide < 4:
-            raise ValueError(
-                f"the relation module pools twice and needs feature maps of at least 4x4, got {height}x{wide}; "
-                f"use larger images"
-            )
-        self.width = width
-        self.conv1 = nn.Conv2d(2 * width, width, 3, padding=1, bias=False)  # on C(class, query); BN follows
-        self.rest1 = nn.Sequential(nn.BatchNorm2d(width), nn.MaxPool2d(2), nn.ReLU())
-        self.block2 = _block(width, width, pool=True)
-        flat = width * (height // 2 // 2) * (wide // 2 // 2)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        pool1 = min(map_hw) >= 2
+        after1 = (map_hw[0] // 2, map_hw[1] // 2) if pool1 else map_hw
+        pool2 = min(after1) >= 2
+        height, wide = (after1[0] // 2, after1[1] // 2) if pool2 else after1
+        self.channels = channels
+        self.conv1 = nn.Conv2d(2 * channels, width, 3, padding=1, bias=False)  # on C(class, query); BN follows
+        self.rest1 = nn.Sequential(nn.BatchNorm2d(width), nn.MaxPool2d(2) if pool1 else nn.Identity(), nn.ReLU())
+        self.block2 = _block(width, width, pool=pool2)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(width * height * wide, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def halves(self, classes: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first convolution's class and query halves: ``[T, N, w, h, w]``, ``[T, Q, w, h, w]``."""
-        weight_class, weight_query = self.conv1.weight.split(self.width, dim=1)
+        weight_class, weight_query = self.conv1.weight.split(self.channels, dim=1)
         c = F.conv2d(classes.flatten(0, 1), weight_class, padding=1).unflatten(0, classes.shape[:2])
         q = F.conv2d(queries.flatten(0, 1), weight_query, padding=1).unflatten(0, queries.shape[:2])
         return c, q
@@ -134,15 +135,20 @@ class Relation(EpisodeLossLearner):
         "width": Choice((32, 64, 128)),
         "depth": Int(2, 5),
         "hidden": Choice((8, 16, 32, 64)),
+        "backbone": Choice(backbone_names()),
+        "dropblock": Choice(DROPBLOCK_RATES),
     }
 
     def __init__(self, hparams: RelationHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        pooled = Conv4(image_shape, hparams.width, POOLED_BLOCKS, "pool")
-        self.map_hw = pooled.out_hw
-        unpooled = [_block(hparams.width, hparams.width, pool=False) for _ in range(hparams.depth - POOLED_BLOCKS)]
-        self.encoder = nn.Sequential(pooled.blocks, *unpooled)
-        self.relation = RelationModule(hparams.width, self.map_hw, hparams.hidden)
+        self.encoder = build_backbone(
+            hparams, image_shape, running_stats=True, features="map", pooled_blocks=POOLED_BLOCKS
+        )
+        channels, height, wide = self.encoder.feature_shape
+        self.map_hw = (height, wide)
+        self.relation = RelationModule(channels, hparams.width, self.map_hw, hparams.hidden)
+        if hparams.backbone == "conv4":
+            self._register_load_state_dict_pre_hook(_conv4_names_before_backbones)
         self.predict_pairs = PREDICT_PAIRS
         channels_last(self)
         self.make_optimizer()
@@ -171,3 +177,23 @@ class Relation(EpisodeLossLearner):
         logits = self.scores(batch.support_x, batch.support_y, batch.query_x)
         target = F.one_hot(batch.query_y, logits.shape[-1]).to(logits.dtype)
         return F.mse_loss(torch.sigmoid(logits), target), logits
+
+
+_OLD_POOLED = re.compile(r"encoder\.0\.(\d+)\.")  # the pooled blocks, a Sequential of their own until issue 13
+_OLD_UNPOOLED = re.compile(r"encoder\.([1-9]\d*)\.")  # the blocks after them
+
+
+def _conv4_names_before_backbones(state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Rename a checkpoint's Conv-4 encoder weights from before :mod:`learners.backbones` (``encoder.0.i.``
+    for the pooled blocks, ``encoder.j.`` for the rest) to Conv-4's own names (``encoder.blocks.k.``), so
+    relation checkpoints written before it still load. The values are the same network's."""
+    for key in [k for k in state if k.startswith(prefix + "encoder.") and not k.startswith(prefix + "encoder.blocks.")]:
+        rest = key[len(prefix) :]
+        pooled, unpooled = _OLD_POOLED.match(rest), _OLD_UNPOOLED.match(rest)
+        if pooled:
+            new = f"encoder.blocks.{pooled.group(1)}." + rest[pooled.end() :]
+        elif unpooled:
+            new = f"encoder.blocks.{int(unpooled.group(1)) + POOLED_BLOCKS - 1}." + rest[unpooled.end() :]
+        else:
+            continue
+        state[prefix + new] = state.pop(key)

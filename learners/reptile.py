@@ -9,8 +9,10 @@ SGD with learning rate ``ε``) fed the "gradient" ``θ - mean_t φ_t``, as the p
 
 Choices made:
 
-- Network: Conv-4 (stride-2 convolutions by default, Nichol's Omniglot model) and a ``ways``-way
-  linear head. Defaults follow Nichol's Omniglot settings: Adam, ``inner_lr`` 1e-3, 5 inner steps
+- Network: the backbone (:mod:`learners.backbones`; Conv-4 with stride-2 convolutions by default,
+  Nichol's Omniglot model, or ResNet-12: both searched, Reptile being first order) and a ``ways``-way
+  linear head; no DropBlock (``dropblock`` must be 0: the network is adapted under ``torch.func``).
+  Defaults follow Nichol's Omniglot settings: Adam, ``inner_lr`` 1e-3, 5 inner steps
   of 10 examples, ``ε`` 1.0, 50 fine-tuning steps at test time. The paper anneals ``ε`` linearly
   to 0 over its fixed number of meta-iterations; a learner does not know that number, so ``ε`` is
   constant here (annealing is a scheduler's job).
@@ -44,9 +46,10 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from learners.auto_path import AutoPath, AutoPolicy
-from learners.backbone import DOWNSAMPLES, Downsample, adaptable_classifier
+from learners.backbones import adaptable_classifier, backbone_names
+from learners.backbones.conv4 import DOWNSAMPLES, Downsample
 from learners.base import BackboneHyperparams, Learner, episode_ways
-from learners.hparam_checks import at_least, one_of, path_or_auto, positive
+from learners.hparam_checks import at_least, no_dropblock, one_of, path_or_auto, positive
 from learners.meta_gradient import MetaGradient, Params
 from learners.space import Choice, Float, Int
 from tasks.episodes import EpisodeBatch
@@ -80,6 +83,7 @@ class ReptileHyperparams(BackboneHyperparams):
         positive("outer_lr", self.outer_lr)
         one_of("downsample", self.downsample, DOWNSAMPLES)
         path_or_auto("path", self.path, PATHS)
+        no_dropblock("dropblock", self.dropblock)
 
 
 class Reptile(Learner):
@@ -98,11 +102,12 @@ class Reptile(Learner):
         "outer_lr": Float(0.1, 1.0, log=True),
         "width": Choice((32, 64, 128)),
         "depth": Int(2, 4),
+        "backbone": Choice(backbone_names()),
     }
 
     def __init__(self, hparams: ReptileHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        self.net = adaptable_classifier(image_shape, hparams.width, hparams.depth, hparams.downsample, ways)
+        self.net = adaptable_classifier(hparams, image_shape, ways, downsample=hparams.downsample)
         self.inner = MetaGradient(self.net, hparams.inner_lr, hparams.inner_steps, first_order=True)
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=hparams.outer_lr)
         self.paths = AutoPath(self.family, hparams.path, AUTO_POLICY)

@@ -8,8 +8,9 @@ class scores the mean similarity of its support images.
 
 Choices made:
 
-- The convolutional part is the shared Conv-4 (``width``, ``depth``) rather than Koch's larger
-  network with 10x10/7x7/4x4 filters, so architectures compare on equal terms; the sigmoid
+- The convolutional part is the shared backbone (:mod:`learners.backbones`: Conv-4 or ResNet-12,
+  both searched) rather than Koch's larger network with 10x10/7x7/4x4 filters, so architectures
+  compare on equal terms; the sigmoid
   fully-connected layer of ``embedding`` units on top is Koch's (4096 there).
 - Pairs come from the images of each episode of the batch, support and query together
   (never across tasks: two tasks of a meta-batch may hold the same class under different
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbones import DROPBLOCK_RATES, backbone_names, build_backbone
 from learners.base import BackboneHyperparams
 from learners.hparam_checks import at_least, positive
 from learners.metric import EpisodeLossLearner, channels_last, embed_tasks, one_hot_support
@@ -87,11 +88,13 @@ class Siamese(EpisodeLossLearner):
         "width": Choice((32, 64, 128)),
         "depth": Int(2, 4),
         "embedding": Choice((64, 128, 256, 512, 1024)),
+        "backbone": Choice(backbone_names()),
+        "dropblock": Choice(DROPBLOCK_RATES),
     }
 
     def __init__(self, hparams: SiameseHyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        conv = Conv4(image_shape, hparams.width, hparams.depth)
+        conv = build_backbone(hparams, image_shape, running_stats=True)
         self.twin = nn.Sequential(conv, nn.Linear(conv.embedding_dim, hparams.embedding), nn.Sigmoid())
         self.head = WeightedL1Head(hparams.embedding)
         channels_last(self)

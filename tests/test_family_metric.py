@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learners.backbone import Conv4
+from learners.backbones.conv4 import Conv4
 from learners.checkpoint import build_learner, load_learner, save_learner
 from learners.metric import EVAL_EMBED_CHUNK, embed_tasks
 from learners.registry import get_family, make_hparams

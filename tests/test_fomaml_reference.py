@@ -14,7 +14,7 @@ import pytest
 import torch
 from fomaml_reference import ReferenceFOMAML, copy_weights, reference_network
 
-from learners.backbone import adaptable_classifier
+from learners.backbones import adaptable_classifier
 from learners.maml import FOMAML, MAML
 from learners.meta_gradient import MetaGradient
 from learners.registry import make_hparams
@@ -87,7 +87,8 @@ def test_first_order_meta_gradient_follows_the_true_one_at_initialisation(glyph_
     store = glyph_store(synthetic_classes=40, synthetic_images_per_class=16, val_classes=5, test_classes=5, seed=5)
     b = EpisodeSampler(store.split("train"), EpisodeSpec(5, 1, 15), tasks=4, seed=0).sample().to("cpu", torch.float64)
     learner = pair("maml", store.image_shape, 5, width=16)[0].double()
-    flattened = adaptable_classifier(store.image_shape, 16, 4, "stride", 5, "flatten").double()
+    hparams = make_hparams("maml", {"width": 16})
+    flattened = adaptable_classifier(hparams, store.image_shape, 5, downsample="stride", features="flatten").double()
 
     def cosine(net) -> float:
         params, data = dict(net.named_parameters()), (b.support_x, b.support_y, b.query_x, b.query_y)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call, vmap
 
-from learners.backbone import Conv4
+from learners.backbones.conv4 import Conv4
 from learners.base import Learner
 from learners.checkpoint import load_learner, save_learner
 from learners.registry import HyperparamError, family_names, get_family, make_hparams

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.metric_plain import plain_learner, plain_loss, plain_step
-from learners.backbone import Conv4
+from learners.backbones.conv4 import Conv4
 from learners.base import Learner
 from learners.checkpoint import build_learner
 from learners.metric import EpisodeLossLearner

@@ -1,11 +1,13 @@
-"""The Conv-4 embedding shared by the families (Vinyals et al. 2016, Snell et al. 2017, Finn et al. 2017).
+"""The Conv-4 backbone (Vinyals et al. 2016, Snell et al. 2017, Finn et al. 2017).
 
 ``depth`` blocks of 3x3 convolution (``width`` filters, padding 1) -> batch-norm -> ReLU, each
 halving the spatial size either with a 2x2 max-pool (Vinyals, Snell; Finn on miniImageNet) or
 by giving the convolution stride 2 instead (Finn's Omniglot model); the last feature map is
-flattened into the embedding (``features="flatten"``) or averaged over its positions
-(``features="mean"``, ``width`` numbers: Finn's Omniglot model). Any ``C x H x W`` works (28x28
-Omniglot, 84x84 miniImageNet) as long as ``depth`` halvings leave at least one pixel.
+flattened into the embedding (``features="flatten"``, the default), averaged over its positions
+(``features="mean"``, ``width`` numbers: Finn's Omniglot model) or returned as it is
+(``features="map"``). Any ``C x H x W`` works (28x28 Omniglot, 84x84 miniImageNet) as long as
+``depth`` halvings leave at least one pixel. ``pooled_blocks`` (default: all) lets only the first
+blocks halve the size and the rest keep it: Sung et al.'s relation-network embedding (2 of 4).
 
 Choices made:
 
@@ -24,22 +26,26 @@ Choices made:
   passes on a CPU (docs/metric-speed.md). Parameter names are unchanged (neither has parameters).
 - ``running_stats=True`` is the usual batch-norm (batch statistics while training, running
   averages in eval mode), as in Snell's ProtoNet.
+- Knobs read from the hyperparameters: ``width`` and ``depth`` (``dropblock`` is ResNet-12's).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
+from learners.backbones.base import Backbone, BackboneOptions, Features, check_features, output_dim
+
+if TYPE_CHECKING:
+    from learners.base import BackboneHyperparams
+
 Downsample = Literal["pool", "stride"]
 DOWNSAMPLES: tuple[str, ...] = ("pool", "stride")
-Features = Literal["flatten", "mean"]
-FEATURES: tuple[str, ...] = ("flatten", "mean")
 
 
-class Conv4(nn.Module):
+class Conv4(Backbone):
     """Conv-4 embedding network: ``[B, C, H, W] -> [B, embedding_dim]``."""
 
     def __init__(
@@ -50,36 +56,56 @@ class Conv4(nn.Module):
         downsample: Downsample = "pool",
         running_stats: bool = True,
         features: Features = "flatten",
+        pooled_blocks: int | None = None,
     ) -> None:
         super().__init__()
         if downsample not in DOWNSAMPLES:
             raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {downsample!r}")
-        if features not in FEATURES:
-            raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        check_features(features)
         if width < 1 or depth < 1:
             raise ValueError(f"Conv-4 width and depth must be positive, got width={width}, depth={depth}")
+        pooled = depth if pooled_blocks is None else pooled_blocks
+        if not 0 <= pooled <= depth:
+            raise ValueError(f"Conv-4 pooled_blocks must be in [0, depth={depth}], got {pooled_blocks}")
         channels, height, wide = image_shape
-        self.out_hw = output_size((height, wide), depth, downsample)
+        self.out_hw = output_size((height, wide), pooled, downsample)
+        self.feature_shape = (width, *self.out_hw)
         self.features = features
-        self.embedding_dim = width if features == "mean" else width * self.out_hw[0] * self.out_hw[1]
-        stride = 2 if downsample == "stride" else 1
+        self.embedding_dim = output_dim(self.feature_shape, features)
         blocks = []
         for index in range(depth):
+            halves = index < pooled
+            stride = 2 if downsample == "stride" and halves else 1
             layers: list[nn.Module] = [
                 nn.Conv2d(channels if index == 0 else width, width, 3, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(width, track_running_stats=running_stats),
             ]
-            layers += [nn.MaxPool2d(2), nn.ReLU()] if downsample == "pool" else [nn.ReLU()]
+            layers += [nn.MaxPool2d(2), nn.ReLU()] if downsample == "pool" and halves else [nn.ReLU()]
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.blocks(x)
-        return maps.mean((2, 3)) if self.features == "mean" else maps.flatten(1)
+    @classmethod
+    def from_hparams(
+        cls, hparams: BackboneHyperparams, image_shape: tuple[int, int, int], options: BackboneOptions
+    ) -> Conv4:
+        if options.downsample not in DOWNSAMPLES:
+            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLES)}, got {options.downsample!r}")
+        return cls(
+            image_shape,
+            hparams.width,
+            hparams.depth,
+            "stride" if options.downsample == "stride" else "pool",
+            options.running_stats,
+            options.features or "flatten",
+            options.pooled_blocks,
+        )
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
 
 
 def output_size(hw: tuple[int, int], depth: int, downsample: Downsample) -> tuple[int, int]:
-    """Spatial size after ``depth`` blocks; a clear error when the image is too small for them."""
+    """Spatial size after ``depth`` halving blocks; a clear error when the image is too small for them."""
     height, wide = hw
     for _ in range(depth):
         # max-pool 2x2 floors; a stride-2 3x3 convolution with padding 1 rounds up.
@@ -90,21 +116,3 @@ def output_size(hw: tuple[int, int], depth: int, downsample: Downsample) -> tupl
             f"(each block halves it); use a smaller depth"
         )
     return height, wide
-
-
-def adaptable_classifier(
-    image_shape: tuple[int, int, int],
-    width: int,
-    depth: int,
-    downsample: Downsample,
-    ways: int,
-    features: Features = "flatten",
-) -> nn.Sequential:
-    """Conv-4 and a linear ``ways``-class head, batch-norm on batch statistics only.
-
-    The network the gradient-based families (MAML, FOMAML, Meta-SGD, Reptile, the Meta-LSTM's
-    learner) adapt functionally: a pure function of its parameters, so it runs under
-    ``functional_call``, ``grad`` and ``vmap``.
-    """
-    encoder = Conv4(image_shape, width, depth, downsample, running_stats=False, features=features)
-    return nn.Sequential(encoder, nn.Linear(encoder.embedding_dim, ways))
