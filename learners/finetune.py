@@ -33,8 +33,11 @@ Departures, and why:
   jointly with it, Adam at ``finetune_lr``, batch-norm on its running statistics): the optional
   backbone fine-tuning the issue asks for, task by task, so slower by that many backward passes.
 
-The batch-norm of the backbone is the usual kind (Chen's): batch statistics while pre-training,
-running averages in :meth:`predict`, so a query's logits depend only on its task's support set.
+The backbone is the ``backbone`` hyperparameter's (:mod:`learners.backbones`): Chen's Conv-4 (max-pool
+blocks, the flattened map) or RFS's ResNet-12 (the spatial mean of its 640-channel map at width 64,
+DropBlock while pre-training with ``dropblock > 0``), both searched. Its batch-norm is the usual
+kind (Chen's): batch statistics while pre-training, running averages in :meth:`predict`, so a
+query's logits depend only on its task's support set.
 The classifier is built by :meth:`training_sampler`, once the number of training classes is
 known; a checkpoint holds it (and the optimizer), and :meth:`load_state_dict` rebuilds it at the
 saved size before loading. An untrained learner predicts without one (``evaluate --untrained``).
@@ -51,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learners.backbone import Conv4
+from learners.backbones import DROPBLOCK_RATES, Backbone, backbone_names, build_backbone
 from learners.base import BackboneHyperparams, Learner, episode_ways
 from learners.hparam_checks import at_least, one_of, positive
 from learners.metric import channels_last, embed_tasks, evaluating
@@ -63,11 +66,6 @@ from tasks.store import SplitStore
 HEADS: tuple[str, ...] = ("linear", "cosine")
 COSINE_INITIAL_SCALE = 10.0
 CLASSIFIER_WEIGHT = "classifier.weight"
-
-
-def embedding_network(hparams: BackboneHyperparams, image_shape: tuple[int, int, int]) -> Conv4:
-    """The backbone: Conv-4 with max-pooling and ordinary batch-norm (Chen's Conv-4)."""
-    return Conv4(image_shape, hparams.width, hparams.depth, "pool", running_stats=True)
 
 
 class FineTune(Learner):
@@ -116,11 +114,13 @@ class FineTune(Learner):
         "finetune_lr": Float(1e-4, 1e-2, log=True),
         "width": Choice((32, 64, 128)),
         "depth": Int(2, 4),
+        "backbone": Choice(backbone_names()),
+        "dropblock": Choice(DROPBLOCK_RATES),
     }
 
     def __init__(self, hparams: Hyperparams, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__(hparams, image_shape, ways)
-        self.backbone = embedding_network(hparams, self.image_shape)
+        self.backbone: Backbone = build_backbone(hparams, self.image_shape, running_stats=True)
         if hparams.head == "cosine":
             self.scale = nn.Parameter(torch.tensor(COSINE_INITIAL_SCALE))
         self.classifier: nn.Linear | None = None  # one unit per training class: built by training_sampler

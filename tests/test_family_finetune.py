@@ -17,7 +17,7 @@ from pipeline.scoring import episode_accuracies
 from tasks.class_batches import ClassBatchSampler
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import EpisodeSampler, fixed_episodes
-from tasks.store import DatasetStore
+from tasks.store import DatasetStore, SplitStore
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -154,3 +154,18 @@ def test_a_trained_model_is_served_by_the_registered_models_pyfunc(tasks_small_d
     floats = batch.to("cpu")
     expected = learner.predict(floats.support_x, floats.support_y, floats.query_x)
     assert served["label"].tolist() == [f"c{i}" for i in expected[0].argmax(-1).tolist()]
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "resnet12"])
+def test_it_pretrains_and_predicts_on_either_backbone_at_84x84_colour(backbone):
+    classes, per_class, shape = 6, 4, (3, 84, 84)
+    images = np.random.default_rng(0).integers(0, 256, (classes * per_class, *shape), dtype=np.uint8)
+    split = SplitStore("train", images, np.arange(classes + 1) * per_class, np.full(classes, per_class),
+                       [f"c{c}" for c in range(classes)], [""] * classes)  # fmt: skip
+    hparams = {"backbone": backbone, "width": 4, "dropblock": 0.1 * (backbone == "resnet12"), "batch_size": 8}
+    learner = fresh_learner({"family": "finetune", "hparams": hparams, "image_shape": list(shape), "ways": 3}, seed=0)
+    reports: list[Report] = []
+    meta_train(learner, TrainingEpisodes(split, EPISODES, 1, seed=0), Schedule(2, 1), reports.append)
+    assert len(reports) == 2 and all(np.isfinite(r.loss) for r in reports)
+    batch = next(iter(fixed_episodes(split, EPISODES, 2, seed=0))).to("cpu")
+    assert learner.predict(batch.support_x, batch.support_y, batch.query_x).shape == (2, 6, 3)
