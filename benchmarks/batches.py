@@ -47,7 +47,7 @@ def training_batch(
     trains on episodes; for one with its own ``training_sampler`` (``finetune``'s class mini-batches), its
     first draw from a seeded random split of ``WAYS * tasks`` classes of ``SHOTS + query`` images each
     (the images of one meta-batch)."""
-    if type(learner).training_sampler is Learner.training_sampler:
+    if learner.trains_on_episodes:
         return random_batch(device, tasks, seed, image, query)
     per_class, classes = SHOTS + query, WAYS * tasks
     images = np.random.default_rng(seed).integers(0, 256, (classes * per_class, *image), dtype=np.uint8)

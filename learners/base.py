@@ -78,6 +78,7 @@ class Learner(nn.Module, abc.ABC):
     search_space: ClassVar[SearchSpace] = {}
     optimizer: torch.optim.Optimizer  # the meta-optimizer, built by each family's __init__
     fixed_ways: ClassVar[bool] = False  # one output unit per way: scores only ``ways``-way episodes
+    trains_on_episodes: ClassVar[bool] = True  # False: its training_sampler draws something else (finetune)
 
     def __init__(self, hparams: Any, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__()

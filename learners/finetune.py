@@ -72,6 +72,7 @@ class FineTune(Learner):
     """Supervised pre-training over all training classes; a new head per task at test time."""
 
     family: ClassVar[str] = "finetune"
+    trains_on_episodes: ClassVar[bool] = False
     paper: ClassVar[str] = (
         "Chen et al. 2019, A Closer Look at Few-shot Classification (ICLR): Baseline and Baseline++; "
         "Tian et al. 2020, Rethinking Few-Shot Image Classification: a Good Embedding Is All You Need? (ECCV)"
