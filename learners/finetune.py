@@ -24,11 +24,13 @@ Departures, and why:
   weight norms; here one learned scale (initialised to 10, as ProtoNet's cosine) does that job,
   and the test-time head keeps the pre-trained scale.
 - The test-time head is fitted by ``head_steps`` full-batch Adam steps from zero (linear) with L2
-  weight decay ``head_weight_decay``, instead of Chen's 100 SGD steps on mini-batches of 4 from a
-  random start, or RFS's scikit-learn L-BFGS: batched over tasks on the learner's device, and
-  deterministic (a task's logits depend on its support set alone, never on a random draw).
-- Pre-training uses Adam (Chen's choice) with ``weight_decay`` (RFS's 5e-4, there with SGD); no
-  data augmentation, no RFS self-distillation, no learning-rate schedule: budgets here are short.
+  weight decay ``head_weight_decay`` (default 1e-3, Chen's), instead of Chen's 100 epochs of SGD
+  (momentum 0.9) over the support set in shuffled mini-batches of 4 from a random start, or RFS's
+  scikit-learn L-BFGS: batched over tasks on the learner's device, and deterministic (a task's
+  logits depend on its support set alone, never on a random draw).
+- Pre-training uses Adam at 1e-3 (Chen's choice) with ``weight_decay`` 0 (Chen's; RFS uses 5e-4 with
+  SGD: both are in the search space); no data augmentation, no RFS self-distillation, no
+  learning-rate schedule: budgets here are short.
 - ``finetune_steps > 0`` also fine-tunes a copy of the backbone per task (after the head is fitted,
   jointly with it, Adam at ``finetune_lr``, batch-norm on its running statistics): the optional
   backbone fine-tuning the issue asks for, task by task, so slower by that many backward passes.
