@@ -90,7 +90,7 @@ BUDGETS = {  # measured on the reference machine: untrained -> trained (95% CI) 
         image_size=14,
     ),  # fmt: skip
     # (class mini-batches of 64 over all 4,112 training classes; tasks does not apply)
-    "finetune": Budget(3000, 1, 0.85, {"width": 32, "head": "cosine"}),
+    "finetune": Budget(3000, 1, 0.85, {"width": 32}),
 }
 
 
