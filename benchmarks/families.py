@@ -8,7 +8,9 @@ Every family of :func:`learners.registry.family_names` is built with
 5 ways, except that maml, fomaml and metasgd get ``path="split"`` (their default ``"auto"`` also
 tries ``split-compiled``, a ``torch.compile`` that takes minutes). All run full meta-iterations
 (``meta_train_step``: gradient and optimizer step) on the same random, seeded meta-batch:
-5-way 1-shot, 15 queries, ``--tasks`` tasks, float images in [0, 1], labels ordered class by class.
+5-way 1-shot, 15 queries, ``--tasks`` tasks, float images in [0, 1], labels ordered class by class
+(finetune, which trains on class mini-batches: one batch of its size from a random split of that
+meta-batch's shape, :func:`benchmarks.batches.training_batch`).
 
 For maml, fomaml, metasgd and reptile the fast path is also set against the task-by-task path of
 the same learner. MAML-family learners expose ``compute(path, batch)`` (the meta-gradient by a
@@ -39,7 +41,7 @@ from functools import partial
 import torch
 
 from benchmarks import backbones, memory
-from benchmarks.batches import IMAGE, QUERY, SHOTS, WAYS, random_batch
+from benchmarks.batches import IMAGE, QUERY, SHOTS, WAYS, random_batch, training_batch
 from benchmarks.flops import (
     MATMUL_FLOPS,
     MATMUL_SIZE,
@@ -72,7 +74,7 @@ def task_by_task(family: str, learner: Learner, batch: EpisodeBatch, device: tor
     """The meta-iteration whose FLOPs are counted: the learner's own, or a ``path="loop"`` twin's
     for a family that chooses among paths."""
     twin = make(family, device, path="loop") if getattr(learner, "paths", None) is not None else learner
-    return partial(twin.meta_train_step, batch)
+    return partial(twin.meta_train_step, training_batch(twin, device, batch.tasks))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = random_batch(device, tasks=args.tasks, query=args.query)
     learners = {f: make(f, device, **({"path": MAML_FAST} if f in SPLIT_FAMILIES else {})) for f in families}
     methods: dict[str, Callable[[], object]] = {
-        f: functools.partial(lrn.meta_train_step, batch) for f, lrn in learners.items()
+        f: partial(lrn.meta_train_step, training_batch(lrn, device, args.tasks)) for f, lrn in learners.items()
     }
     for f in SPLIT_FAMILIES:
         if f in learners:

@@ -35,13 +35,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.batches import WAYS, random_batch, timed  # noqa: E402
+from benchmarks.batches import WAYS, random_batch, timed, training_batch  # noqa: E402
 from learners.base import Learner, synchronize  # noqa: E402
 from learners.checkpoint import build_learner  # noqa: E402
 from learners.maml import MAML  # noqa: E402
@@ -72,6 +73,10 @@ class Sizes:
     def batch(self, device: torch.device, tasks: int) -> EpisodeBatch:
         """The seeded random meta-batch of these sizes."""
         return random_batch(device, tasks, image=self.image, query=self.query)
+
+    def training_batch(self, learner: Learner, device: torch.device, tasks: int) -> Any:
+        """What ``learner`` meta-trains on, of these sizes (the meta-batch itself for an episodic family)."""
+        return training_batch(learner, device, tasks, image=self.image, query=self.query)
 
 
 FULL = Sizes((1, 28, 28), {}, {}, 8, 32, 15, (1, 5), 5, 20)
@@ -107,13 +112,13 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double().cpu() - b.double().cpu()).abs().max() / b.double().cpu().abs().max().clamp_min(1e-12)).item()
 
 
-def run_family(learner: Learner, batch: EpisodeBatch) -> tuple[torch.Tensor, list[float]]:
-    """Initial-weight logits and the losses of two seeded meta-training steps."""
+def run_family(learner: Learner, batch: EpisodeBatch, train_batch: Any) -> tuple[torch.Tensor, list[float]]:
+    """Initial-weight logits on ``batch`` and the losses of two seeded meta-training steps on ``train_batch``."""
     logits = learner.predict(batch.support_x, batch.support_y, batch.query_x)
     losses = []
     for step in range(2):
         torch.manual_seed(1 + step)  # families that sample inside a step do so identically
-        losses.append(learner.meta_train_step(batch)["loss"])
+        losses.append(learner.meta_train_step(train_batch)["loss"])
     return logits, losses
 
 
@@ -127,9 +132,11 @@ def check_families(sizes: Sizes, device: torch.device) -> list[Row]:
             say(f"family {family}")
             hparams = sizes.steps.get(family, {})
             on_device = build(family, sizes, device, **hparams)
-            logits, losses = run_family(on_device, sizes.batch(device, sizes.tasks))
+            batch, train = sizes.batch(device, sizes.tasks), sizes.training_batch(on_device, device, sizes.tasks)
+            logits, losses = run_family(on_device, batch, train)
             reference = build(family, sizes, cpu, **hparams)
-            ref_logits, ref_losses = run_family(reference, sizes.batch(cpu, sizes.tasks))
+            ref_batch, ref_train = sizes.batch(cpu, sizes.tasks), sizes.training_batch(reference, cpu, sizes.tasks)
+            ref_logits, ref_losses = run_family(reference, ref_batch, ref_train)
             loss_diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, ref_losses, strict=True)]
             diffs = [relative(logits, ref_logits), *loss_diffs]
             verdict = "ok" if max(diffs) <= AGREE else "DIFFERS"

@@ -2,7 +2,7 @@
 episodes it trains and tests on, checked against the dataset before anything trains.
 
 Cells with the same training recipe (ProtoNet trains 60-way for both its 5-way and 20-way tests) share
-one trained model.
+one trained model; a family that trains on no episodes (``finetune``) shares one across its settings.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def plan_jobs(args: argparse.Namespace, plans: dict[str, FamilyPlan], stores: di
                 [
                     family,
                     cell.hparams,
-                    dataclasses.asdict(train),
+                    dataclasses.asdict(train) if learner.trains_on_episodes else None,  # finetune: one model
                     cell.meta_batch,
                     cell.iterations,
                     cell.image_size,

@@ -6,7 +6,8 @@ A family is a :class:`Learner` subclass with
 - ``Hyperparams``: a frozen dataclass of its hyperparameters, every field with a default, that
   checks its own values (ranges, choices) in ``validate`` (see :class:`BackboneHyperparams`);
 - ``search_space``: ranges for the fields the search may tune (keys are ``Hyperparams`` fields);
-- ``meta_train_step(batch)``: one meta-update on a batch of training episodes;
+- ``meta_train_step(batch)``: one meta-update on a batch of training episodes (or on whatever
+  batch its ``training_sampler`` draws: the ``finetune`` family trains on plain mini-batches);
 - ``predict(support_x, support_y, query_x)``: logits for the query of each task, adapting
   on the support set first when the family adapts. Evaluation and the served model both use
   this one path.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +29,14 @@ from learners.backbones import backbone_names
 from learners.hparam_checks import at_least, below_one, one_of
 from learners.space import SearchSpace
 from tasks.episodes import EpisodeBatch, EpisodeSpec
+from tasks.sampler import EpisodeSampler
+from tasks.store import SplitStore
+
+
+class TrainingSampler(Protocol):
+    """What the meta-training loop draws each step's batch from (a batch has ``.to(device)``)."""
+
+    def sample(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class Learner(nn.Module, abc.ABC):
     search_space: ClassVar[SearchSpace] = {}
     optimizer: torch.optim.Optimizer  # the meta-optimizer, built by each family's __init__
     fixed_ways: ClassVar[bool] = False  # one output unit per way: scores only ``ways``-way episodes
+    trains_on_episodes: ClassVar[bool] = True  # False: its training_sampler draws something else (finetune)
 
     def __init__(self, hparams: Any, image_shape: tuple[int, int, int], ways: int) -> None:
         super().__init__()
@@ -98,6 +108,16 @@ class Learner(nn.Module, abc.ABC):
         Most families train on the test-time shape; ProtoNet, for one, trains with more ways.
         """
         return spec
+
+    def training_sampler(self, split: SplitStore, spec: EpisodeSpec, tasks: int, seed: int) -> TrainingSampler:
+        """Where the loop draws this family's training batches: ``tasks`` episodes of ``spec`` (already
+        :meth:`training_spec`) per step from ``split``, seeded, by default.
+
+        Called once before the first step of a run (and of a resumed run). A family that trains on
+        something else returns its own sampler, and may size modules by ``split`` here (``finetune``'s
+        classifier has one unit per training class).
+        """
+        return EpisodeSampler(split, spec, tasks=tasks, seed=seed)
 
     def check_ways(self, ways: int) -> None:
         """Refuse episodes a fixed-size output head (:attr:`fixed_ways`) cannot score."""

@@ -27,6 +27,7 @@ _FAMILIES: dict[str, str] = {
     "metasgd": "learners.metasgd:MetaSGD",
     "reptile": "learners.reptile:Reptile",
     "meta_lstm": "learners.meta_lstm:MetaLSTM",
+    "finetune": "learners.finetune:FineTune",
 }
 
 

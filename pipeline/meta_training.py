@@ -1,4 +1,5 @@
-"""The one meta-training loop: draw episodes, step, refuse a diverging loss, report, mark checkpoints.
+"""The one meta-training loop: draw a batch (episodes, or what the family's training sampler draws), step,
+refuse a diverging loss, report, mark checkpoints.
 
 The Tune trainable (:mod:`pipeline.trainable`) and the Omniglot table benchmark
 (:mod:`benchmarks.omniglot_cell`) both train through :func:`meta_train`; what a report becomes (MLflow
@@ -18,13 +19,13 @@ import numpy as np
 from learners.base import Learner
 from pipeline.scoring import episode_accuracies
 from tasks.episodes import EpisodeBatch, EpisodeSpec
-from tasks.sampler import EpisodeSampler
 from tasks.store import SplitStore
 
 
 @dataclass(frozen=True)
 class TrainingEpisodes:
-    """What a learner trains on: episodes of ``spec`` (as configured) from ``split``, ``tasks`` per step."""
+    """What a learner trains on: episodes of ``spec`` (as configured) from ``split``, ``tasks`` per step
+    (a family with its own :meth:`~learners.base.Learner.training_sampler` draws its batches from ``split``)."""
 
     split: SplitStore
     spec: EpisodeSpec
@@ -77,7 +78,7 @@ def meta_train(
     Returns the last report (None when ``start`` is already the last meta-iteration).
     """
     spec = training_spec(learner, episodes.spec, episodes.split)
-    sampler = EpisodeSampler(episodes.split, spec, tasks=episodes.tasks, seed=episodes.seed)
+    sampler = learner.training_sampler(episodes.split, spec, episodes.tasks, episodes.seed)
     device = learner.device
     window: list[dict[str, float]] = []
     report = None

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from benchmarks.batches import training_batch
 from learners import backbones
 from learners.backbones import Backbone, BackboneOptions, build_backbone
 from learners.backbones.base import Features
@@ -127,8 +128,10 @@ def test_every_family_trains_and_predicts_on_each_backbone_at_84x84_colour(famil
     encoders = [m for m in learner.modules() if isinstance(m, Backbone)]
     assert encoders and all(type(m).__name__ == {"resnet12": "ResNet12", "conv4": "Conv4"}[backbone] for m in encoders)
     batch = _batch(COLOUR_84)
+    # finetune trains on class mini-batches: what its training_sampler draws from a split of such images
+    train = batch if learner.trains_on_episodes else training_batch(learner, torch.device("cpu"), 2, image=COLOUR_84)
     before = [p.detach().clone() for p in learner.parameters()]
-    metrics = learner.meta_train_step(batch)
+    metrics = learner.meta_train_step(train)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and 0 <= metrics["accuracy"] <= 1
     assert any(not torch.equal(p, q) for p, q in zip(before, learner.parameters(), strict=True))  # it learned
     logits = learner.predict(batch.support_x, batch.support_y, batch.query_x)

@@ -265,6 +265,11 @@ MISTAKES = [
         "search.fixed.metasgd: metasgd.alpha_high must be >= alpha_low (0.05), got 0.01",
     ),
     Mistake(
+        "config-fixed-finetune-head", "fixes a test-time head the pre-train + fine-tune family does not have",
+        "learn2tune search {config} --families finetune --set search.fixed.finetune.head=softmax",
+        "config error: search.fixed.finetune: finetune.head must be one of linear, cosine, got 'softmax'",
+    ),
+    Mistake(
         "config-unknown-flag", "misspells a command-line flag",
         "learn2tune search {config} --trails 3",
         "unrecognized arguments: --trails 3 (see learn2tune --help)",
