@@ -47,6 +47,9 @@ def log_search_artifacts(
         figure = parameter_importance(importances, f"{family}: parameter importance (fANOVA, {scored} trials)")
         client.log_figure(run_id, figure, IMPORTANCE_PLOT.format(family=family))
     url = config.search.study_storage or ""
+    if not study.has_study(url, study_name):
+        out(f"note: Optuna study {study_name} is not in {study.shown_url(url)}; nothing to log of it")
+        return
     lost = study.settle_lost_trials(url, study_name)
     if lost:
         out(f"note: {lost} trial(s) of Optuna study {study_name} were lost to a kill and are marked FAIL")

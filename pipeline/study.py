@@ -14,6 +14,7 @@ of this study alone is logged on the parent run as ``optuna/study.db``.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +87,21 @@ def open_storage(url: str):
         ) from None
 
 
+def check_reachable(url: str) -> None:
+    """Open a configured database once before the search writes anything (a SQLite file is
+    created where it belongs when the search starts)."""
+    if not url.startswith("sqlite:///"):
+        open_storage(url)
+
+
+def has_study(url: str, name: str) -> bool:
+    """Whether the storage at ``url`` holds study ``name`` (a search resumed from before studies
+    were kept in a database continues its in-memory one)."""
+    import optuna
+
+    return name in optuna.get_all_study_names(url)
+
+
 def settle_lost_trials(url: str, name: str) -> int:
     """Mark the study's RUNNING trials FAIL (with a note); returns how many there were.
 
@@ -111,17 +127,13 @@ def log_study(client: MlflowClient, run_id: str, url: str, name: str) -> None:
     client.set_tag(run_id, STUDY_TAG, name)
     with tempfile.TemporaryDirectory(prefix="learn2tune-study-") as directory:
         copy = Path(directory) / Path(STUDY_ARTIFACT).name
-        optuna.copy_study(from_study_name=name, from_storage=url, to_storage=f"sqlite:///{copy}")
+        if url.startswith("sqlite:///") and optuna.get_all_study_names(url) == [name]:
+            shutil.copyfile(url.removeprefix("sqlite:///"), copy)  # the search's own file: 1-4 s faster
+        else:
+            optuna.copy_study(from_study_name=name, from_storage=url, to_storage=f"sqlite:///{copy}")
         client.log_artifact(run_id, str(copy), str(Path(STUDY_ARTIFACT).parent))
 
 
 def dashboard_command(url: str) -> str:
     """The command that opens the study's storage in optuna-dashboard."""
     return f"optuna-dashboard {shown_url(url)}"
-
-
-def check_reachable(url: str) -> None:
-    """Open a configured database once before the search writes anything (a SQLite file is
-    created where it belongs when the search starts)."""
-    if not url.startswith("sqlite:///"):
-        open_storage(url)
