@@ -139,7 +139,7 @@ def test_promote_run_holds_the_paired_comparison_and_the_description_says_why(re
     frame = pd.DataFrame(table["data"], columns=table["columns"])
     assert len(frame) == 60
     assert frame["candidate_accuracy"].mean() == pytest.approx(float(record["candidate_accuracy"]), abs=1e-4)
-    assert (frame["difference"] == frame["candidate_accuracy"] - frame["champion_accuracy"]).all()
+    assert list(frame["difference"]) == pytest.approx(list(frame["candidate_accuracy"] - frame["champion_accuracy"]))
     assert "promotion/comparison.png" in {a.path for a in client.list_artifacts(run_id, "promotion")}
     assert version.description.startswith("Promoted to champion")
     for number in (record["candidate_accuracy"], record["champion_accuracy"], record["paired_difference"]):
