@@ -75,9 +75,7 @@ def description(record: Mapping[str, Any], promoted: bool) -> str:
     if "champion_accuracy" not in record:
         if "champion_version" not in record:
             return f"First champion, {when}: {own} on {episodes}; there was no champion to compare with."
-        return (
-            f"Made champion with --force without a comparison, {when}: {record['decision']}; {own} on {episodes}."
-        )
+        return f"Made champion with --force without a comparison, {when}: {record['decision']}; {own} on {episodes}."
     paired = (
         f"{own} against champion version {record['champion_version']}'s {record['champion_accuracy']} ± "
         f"{record['champion_ci95']} on the same {episodes}; paired difference {record['paired_difference']} ± "

@@ -82,8 +82,7 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url)
     except (SQLAlchemyError, ImportError, OSError) as exc:
         raise PipelineError(
-            f"cannot open the Optuna study storage {shown_url(url)} (search.study_storage): "
-            f"{str(exc).splitlines()[0]}"
+            f"cannot open the Optuna study storage {shown_url(url)} (search.study_storage): {str(exc).splitlines()[0]}"
         ) from None
 
 
