@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline import config_checks, tracking
+from pipeline import config_checks, study, tracking
 from pipeline.config_model import Config, DataConfig, Resources, grace_iterations
 from pipeline.config_text import assign, parse_assignment, parse_list, parse_scalar, read_yaml
 from pipeline.schema import parse
@@ -76,6 +76,7 @@ def _resolve(config: Config, cwd: Path, environ: Mapping[str, str]) -> Config:
                 "families": tuple(dict.fromkeys(families)),
                 "backbones": tuple(dict.fromkeys(backbones)),
                 "grace_iterations": grace_iterations(config.search),
+                "study_storage": study.resolve_storage(config.search.study_storage, workdir, config.name, cwd),
             }
         ),
         "tracking": config.tracking.model_copy(

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.config_model import Config, SearchConfig, grace_iterations
 from pipeline.errors import ConfigError
+from pipeline.study import check_storage_url
 from tasks import storage
 from tasks.build import validate_build_spec
 
@@ -26,6 +27,8 @@ def validate(config: Config) -> None:
             storage.check_scheme(uri or "", field)
         except storage.StorageError as exc:
             raise ConfigError(str(exc)) from None
+    if config.search.study_storage:
+        check_storage_url(config.search.study_storage)
     if config.search.resources.gpu > 0 and config.device == "cpu":
         raise ConfigError(f"search.resources.gpu is {config.search.resources.gpu:g} but device is 'cpu'")
     _validate_families(config.search)

@@ -109,6 +109,8 @@ class SearchConfig(Section):
     max_failures: Annotated[Integer, Field(ge=0)] = 1
     # how trials get the dataset: one shared object-store copy per node, or each its own (pipeline/trial_data.py)
     data: Literal["object-store", "storage"] = "object-store"
+    # the Optuna study's database (a SQLAlchemy URL); null: <workdir>/tune/<name>/optuna.db (pipeline/study.py)
+    study_storage: Text | None = None
 
 
 class RayConfig(Section):

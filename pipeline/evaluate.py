@@ -4,7 +4,8 @@ Reads ``search_result.json`` (the top ``registry.top_k`` trials by validation ac
 with ``registry.best_per_family`` each family's best trial as well) and the dataset; every
 model sees the same episodes per (ways, shots) setting, so comparisons are paired. Writes
 ``evaluation.json`` beside the search result and logs ``test_acc_<W>w<S>s`` and
-``test_ci95_<W>w<S>s`` on each evaluated trial's run and (for the winner) on the parent.
+``test_ci95_<W>w<S>s`` on each evaluated trial's run and (for the winner) on the parent, with
+the per-episode table and figures of :mod:`pipeline.evaluation_artifacts`.
 Both are written model by model (:mod:`pipeline.evaluation_record`): an interrupted evaluate
 keeps what it finished, and running it again scores only the rest.
 """
@@ -17,10 +18,11 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from learners.checkpoint import SPEC_FILE, fresh_learner, load_learner
-from pipeline import dataset_inputs, datasets, tracking
+from pipeline import dataset_inputs, datasets, evaluation_artifacts, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
+from pipeline.evaluation_artifacts import SettingEpisodes
 from pipeline.evaluation_record import EvaluationRecord, check_complete
 from pipeline.records import (
     Evaluation,
@@ -31,7 +33,7 @@ from pipeline.records import (
     TrialRecord,
     read_record,
 )
-from pipeline.scoring import episode_accuracies, mean_ci95
+from pipeline.scoring import mean_ci95, score_episodes
 from pipeline.scoring_progress import ScoringProgress
 from pipeline.search import RESULT_FILE
 from pipeline.table import format_table
@@ -113,9 +115,10 @@ def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: Te
     jobs = [(trial, False) for trial in candidates] + [(trial, True) for trial in baselines]
     try:
         for trial, fresh in jobs:
-            model = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
+            model, episodes = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
             if model.seconds is not None:  # something new was scored
                 tracking.log_metrics(client, model.run_id, _metrics(model))
+                evaluation_artifacts.log_model_episodes(client, model, episodes, head.test_episodes)
             record.add(model)  # after MLflow: a model in the record has its metrics logged too
     except KeyboardInterrupt:
         out(
@@ -133,6 +136,7 @@ def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: Te
     tracking.log_metrics(client, parent_run_id, _metrics(winner))
     client.set_tag(parent_run_id, "learn2tune.evaluated_winner", f"{winner.family} trial {winner.trial_id}")
     evaluation = record.finish(selection, winner.trial_id)
+    evaluation_artifacts.log_evaluation(client, parent_run_id, evaluation)
     _print_summary(evaluation, out)
     return evaluation
 
@@ -180,8 +184,9 @@ def _evaluate_trial(
     record: EvaluationRecord,
     seconds: list[float],
     stream: TextIO | None,
-) -> ScoredModel:
-    """One model's scores on every test setting, keeping those an earlier run left in ``record``.
+) -> tuple[ScoredModel, dict[str, SettingEpisodes]]:
+    """One model's scores on every test setting, keeping those an earlier run left in ``record``,
+    and the episodes of the settings it scored now.
 
     ``fresh``: score the network the trial started from (same spec and seed), not its checkpoint.
     ``seconds`` holds the scoring time of the models before it (for the slow-model warning).
@@ -206,18 +211,22 @@ def _evaluate_trial(
     progress = ScoringProgress(
         label, len(todo) * test.episodes, out, stream, seconds, slow_hint=_adaptation_hint(trial.hparams)
     )
+    scored = {}
     for ways, shots in todo:
         spec = EpisodeSpec(ways, shots, test.query)
         episodes = fixed_episodes(test_split, spec, test.episodes, seed=config.seed, batch_tasks=tasks_per_batch(spec))
         counted = progress.count(episodes, lambda batch: batch.tasks)
-        accuracy, ci95 = mean_ci95(episode_accuracies(learner, counted, device))
+        accuracies, confusion = score_episodes(learner, counted, device)
+        accuracy, ci95 = mean_ci95(accuracies)
         results[setting_key(ways, shots)] = SettingScore(ways, shots, test.episodes, accuracy, ci95)
+        scored[setting_key(ways, shots)] = SettingEpisodes(accuracies, confusion)
         out(f"  {label} {setting_key(ways, shots)}: {accuracy:.4f} ± {ci95:.4f}")
     if todo:
         seconds.append(progress.elapsed)
     elif results:
         out(f"  {label}: scored by an earlier evaluate on the same episodes (kept)")
-    return dataclasses.replace(unscored, results=results, seconds=round(progress.elapsed, 3) if todo else None)
+    seconds_taken = round(progress.elapsed, 3) if todo else None
+    return dataclasses.replace(unscored, results=results, seconds=seconds_taken), scored
 
 
 def untrained_learner(trial: TrialRecord, config: Config, device):

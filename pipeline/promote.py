@@ -4,8 +4,9 @@ Both model versions are scored on the same fixed-seed test-split episodes (the e
 episodes: ``episodes.test`` settings and ``seed``), so the comparison is paired: the decision
 rests on the mean per-episode difference, reported with its 95% confidence interval. The
 ``champion`` alias moves to the candidate only when the candidate's accuracy is higher (or with
-``force``); versions are never deleted. The decision, both accuracies and the dataset
-fingerprint are recorded as tags on both versions.
+``force``); versions are never deleted. Each promote is an MLflow run with the paired
+comparison (:mod:`pipeline.promotion_artifacts`); the decision and both accuracies are tags
+on the versions, and the candidate's description says why the alias moved or stayed.
 
 Models built on different datasets (fingerprints) or for a different primary (ways, shots)
 setting are not compared: that is refused with the reason, and ``force`` moves the alias
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from pipeline import datasets, tracking
+from pipeline import datasets, promotion_artifacts, tracking
 from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
@@ -105,9 +106,13 @@ def promote(
         decision = "promoted" if better else ("forced" if force else f"kept version {champion.number}")
 
     record = _record(setting, config, challenger, challenger_acc, champion, champion_acc, decision)
-    client_tags = {f"{TAG_PREFIX}{k}": str(v) for k, v in record.items()}
-    for key, value in client_tags.items():
+    experiment_id = tracking.ensure_experiment(client, config.tracking.experiment, config.tracking.uri)
+    record["run_id"] = promotion_artifacts.log_promotion(
+        client, experiment_id, name, record, challenger_acc, champion_acc
+    )
+    for key, value in promotion_artifacts.version_tags(record).items():
         client.set_model_version_tag(name, challenger.number, key, value)
+    _describe(client, name, challenger.number, promotion_artifacts.description(record, promoted))
     if champion is not None:
         role = "replaced_by" if promoted else "defended_against"
         client.set_model_version_tag(name, champion.number, f"{TAG_PREFIX}{role}", challenger.number)
@@ -116,6 +121,12 @@ def promote(
     _report(name, challenger, champion, record, promoted, out)
     holder = challenger.number if promoted or champion is None else champion.number
     return {"name": name, "champion": holder, **record}
+
+
+def _describe(client: MlflowClient, name: str, version: str, line: str) -> None:
+    """Add ``line`` to the version's description (each promote of a version adds one)."""
+    earlier = client.get_model_version(name, version).description or ""
+    client.update_model_version(name, version, description=f"{earlier}\n\n{line}".strip())
 
 
 def _version(client: MlflowClient, name: str, version: str | None) -> RegisteredVersion:

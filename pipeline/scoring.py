@@ -14,13 +14,26 @@ from tasks.episodes import EpisodeBatch
 
 def episode_accuracies(learner: Learner, batches: Iterable[EpisodeBatch], device: torch.device) -> np.ndarray:
     """Query accuracy of every episode in ``batches`` (in order), via ``learner.predict``."""
-    scores = []
+    return score_episodes(learner, batches, device)[0]
+
+
+def score_episodes(
+    learner: Learner, batches: Iterable[EpisodeBatch], device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every episode's query accuracy (in order) and the confusion counts over all of them:
+    ``[ways, outputs]``, row = a query's episode label, column = the predicted one."""
+    scores, confusion = [], None
     for batch in batches:
         batch = batch.to(device)
         logits = learner.predict(batch.support_x, batch.support_y, batch.query_x)
-        correct = logits.detach().argmax(dim=-1) == batch.query_y
-        scores.append(correct.cpu().double().mean(dim=1))  # k/n in float64, as a client counting hits gets it
-    return torch.cat(scores).numpy()
+        predicted = logits.detach().argmax(dim=-1)
+        scores.append((predicted == batch.query_y).cpu().double().mean(dim=1))  # k/n in float64, as a client counts
+        outputs = logits.shape[-1]  # the ways, unless a fixed head has more outputs
+        pairs = (batch.query_y * outputs + predicted).flatten().cpu()
+        counts = torch.bincount(pairs, minlength=batch.ways * outputs).reshape(batch.ways, outputs)
+        confusion = counts if confusion is None else confusion + counts
+    matrix = confusion.numpy() if confusion is not None else np.zeros((0, 0), dtype=np.int64)
+    return torch.cat(scores).numpy(), matrix
 
 
 def mean_ci95(accuracies: np.ndarray) -> tuple[float, float]:

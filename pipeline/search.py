@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 
 from learners.registry import make_hparams
-from pipeline import dataset_inputs, datasets, run_context, tracking
+from pipeline import dataset_inputs, datasets, run_context, search_artifacts, study, tracking
 from pipeline.config import Config, grace_iterations
 from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, error_reason
 from pipeline.io import read_json, write_json_atomic
@@ -26,7 +26,7 @@ from pipeline.records import DatasetRef, MlflowRef, SearchResult, TrialRecord, V
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
-from pipeline.trial_stops import ASHA, ERROR, stop_reason
+from pipeline.trial_stops import ERROR, stop_reason
 from tasks.say import Say as Out
 from tasks.storage import Location
 
@@ -50,6 +50,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     run_context.check_system_metrics(config.tracking.system_metrics)
     connect(config.ray.address, environ, config.ray.env_vars, out)
     check_trial_resources(config.search.resources, out, config.ray.wait_for_resources)
+    study.check_reachable(config.search.study_storage or "")
     shared = share_dataset(store) if config.search.data == "object-store" else None
 
     # Everything is validated: from here on the stage writes.
@@ -64,6 +65,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
     experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
+    study_name = study.study_name(client, parent_run_id)
     out(
         f"search {config.name}: {config.search.trials} trials over {', '.join(config.search.families)}, "
         f"up to {config.search.max_iterations} meta-iterations each (MLflow parent run {parent_run_id})"
@@ -71,7 +73,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     status = "FAILED"
     try:
         with quiet_tune_hints():  # the CLI prints the --resume command instead
-            grid = _fit(config, shared, experiment_id, parent_run_id, resume)
+            grid = _fit(config, shared, experiment_id, parent_run_id, resume, study_name)
             attempts = _failed_attempts(experiment)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
@@ -84,6 +86,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
         write_json_atomic(experiment.child(RESULT_FILE), result.to_json())
         _log_on_parent(client, parent_run_id, result)
         _print_summary(result, out)
+        search_artifacts.log_search_artifacts(client, parent_run_id, result, config, study_name, out)
         if not result.trials or all(t.error for t in result.trials):
             raise SearchFailed(f"all {len(result.trials)} trials failed; see the errors above")
         status = "FINISHED"
@@ -160,13 +163,15 @@ def _set_aside_previous(experiment: Location, client, out: Out) -> None:
     out(f"note: the previous search in {experiment} was moved to {target}")
 
 
-def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, parent_run_id: str, resume: bool):
+def _fit(
+    config: Config, shared: SharedDataset | None, experiment_id: str, parent_run_id: str, resume: bool, study_name: str
+):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from pipeline.progress import ProgressLines
+    from pipeline.study_searcher import make_searcher
     from pipeline.trainable import TrialContext, train_trial
     from pipeline.trial_runs import TrialRunEnds
 
@@ -197,11 +202,12 @@ def _fit(config: Config, shared: SharedDataset | None, experiment_id: str, paren
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(
-                space=define_by_run(search.families, search.fixed, search.points_to_evaluate, search.backbones),
-                metric=METRIC,
-                mode="max",
-                seed=config.seed,
+            search_alg=make_searcher(
+                define_by_run(search.families, search.fixed, search.points_to_evaluate, search.backbones),
+                METRIC,
+                config.seed,
+                search.study_storage or "",
+                study_name,
             ),
             scheduler=ASHAScheduler(
                 time_attr="iteration",
@@ -368,7 +374,7 @@ def _print_summary(result: SearchResult, out: Out) -> None:
             t.val_accuracy,
             t.best_iteration,
             t.iterations,
-            "error" if t.error else "ASHA stop" if t.stop_reason == ASHA else "ok",
+            search_artifacts.trial_status(t),
         )
         for t in result.trials
     ]

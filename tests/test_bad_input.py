@@ -190,6 +190,12 @@ MISTAKES = [
         "config error: search.data must be one of 'object-store', 'storage', got 'nfs'",
     ),
     Mistake(
+        "config-study-storage-not-a-url", "gives a file name where the Optuna study's database URL goes",
+        "learn2tune search {config} --set search.study_storage=optuna.db",
+        "config error: search.study_storage must be a database URL such as sqlite:///optuna.db or "
+        "postgresql://host/db, got 'optuna.db' (Could not parse SQLAlchemy URL from given URL string)",
+    ),
+    Mistake(
         "config-malformed-yaml", "leaves a brace open in the config file",
         "learn2tune search {tmp}/broken.yaml",
         "config error: {tmp}/broken.yaml is not valid YAML (line 3): expected ',' or '}}'",

@@ -8,6 +8,7 @@ are fixed near zero (it stays at chance), so ASHA stops the MAML at its rung (20
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -258,3 +259,81 @@ def test_system_metrics_are_logged_to_a_run_while_enabled(pipeline_run, monkeypa
     metrics = client.get_run(run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0.0 and metrics["system/system_memory_usage_megabytes"] > 0
     client.delete_run(run_id)
+
+
+# --- the search and evaluation as a whole (pipeline/search_artifacts.py, pipeline/evaluation_artifacts.py) --
+
+
+def _table(client, run_id: str, path: str, tmp_path: Path) -> pd.DataFrame:
+    """A ``log_table`` artifact read back as MLflow writes it (pandas' split orientation)."""
+    data = json.loads(Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text())
+    return pd.DataFrame(data["data"], columns=data["columns"])
+
+
+def test_optuna_study_opens_from_its_storage_with_every_trial_and_its_best_value(pipeline_run):
+    import optuna
+
+    root, client, evaluation = pipeline_run
+    tags = client.get_run(evaluation["mlflow"]["parent_run_id"]).data.tags
+    assert tags["learn2tune.optuna_storage"] == f"sqlite:///{root}/runs/tune/e2e/optuna.db"
+    study = optuna.load_study(study_name=tags["learn2tune.optuna_study"], storage=tags["learn2tune.optuna_storage"])
+    result = json.loads((root / "runs/tune/e2e/search_result.json").read_text())
+    by_number = {trial["index"]: trial for trial in result["trials"]}
+    assert sorted(t.number for t in study.trials) == sorted(by_number) == [0, 1]
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.params["family"] == by_number[trial.number]["family"]
+        value = trial.value
+        assert value == pytest.approx(by_number[trial.number]["val_accuracy"])  # the best, as ranked
+        assert value is not None and value >= max(trial.intermediate_values.values(), default=value)
+
+
+def test_parent_run_holds_the_trials_table_the_search_plots_and_a_copy_of_the_study(pipeline_run, tmp_path):
+    import optuna
+
+    root, client, evaluation = pipeline_run
+    parent_id = evaluation["mlflow"]["parent_run_id"]
+    paths = {a.path for d in ("search", "optuna") for a in client.list_artifacts(parent_id, d)}
+    assert {"search/trials.json", "search/optimisation_history.png", "optuna/study.db"} <= paths
+    table = _table(client, parent_id, "search/trials.json", tmp_path)
+    result = json.loads((root / "runs/tune/e2e/search_result.json").read_text())
+    assert list(table["trial_id"]) == [t["trial_id"] for t in result["trials"]]
+    assert list(table["val_accuracy_best"]) == pytest.approx([t["val_accuracy"] for t in result["trials"]])
+    statuses = {"asha": "ASHA stop", "max_iterations": "ok"}  # ASHA cuts maml at its first rung (the fixture)
+    assert list(table["status"]) == [statuses[t["stop_reason"]] for t in result["trials"]]
+    assert list(table["iterations"]) == [t["iterations"] for t in result["trials"]]
+    for family, params in zip(table["family"], table["params"], strict=True):
+        assert ("inner_lr=" in params) == (family == "maml")  # a trial carries its own family's knobs only
+    copy = Path(client.download_artifacts(parent_id, "optuna/study.db", str(tmp_path)))
+    (name,) = optuna.get_all_study_names(f"sqlite:///{copy}")
+    assert len(optuna.load_study(study_name=name, storage=f"sqlite:///{copy}").trials) == 2
+    # one trial per family: too few for an importance plot (it needs two of a family)
+    assert not any(path.startswith("search/param_importance_") for path in paths)
+
+
+def test_trial_runs_carry_only_their_own_familys_params(pipeline_run):
+    from learners.registry import make_hparams
+
+    _, client, evaluation = pipeline_run
+    experiment_id, parent_id = evaluation["mlflow"]["experiment_id"], evaluation["mlflow"]["parent_run_id"]
+    for child in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"):
+        family = child.data.params["family"]
+        own = set(dataclasses.asdict(make_hparams(family, {})))
+        assert set(child.data.params) == {"family", "seed"} | own
+
+
+def test_evaluate_logs_per_episode_tables_setting_plots_and_the_evaluation(pipeline_run, tmp_path):
+    _, client, evaluation = pipeline_run
+    for model in evaluation["models"]:
+        table = _table(client, model["run_id"], "evaluation/episodes.json", tmp_path / model["trial_id"])
+        assert sorted(set(table["setting"])) == sorted(model["results"])
+        for setting, result in model["results"].items():
+            rows = table[table["setting"] == setting]
+            assert list(rows["episode"]) == list(range(60))
+            assert rows["accuracy"].mean() == pytest.approx(result["accuracy"])
+        plots = {a.path for a in client.list_artifacts(model["run_id"], "evaluation")}
+        assert plots == {"evaluation/episodes.json", *(f"evaluation/{s}.png" for s in model["results"])}
+    parent_id = evaluation["mlflow"]["parent_run_id"]
+    logged = json.loads(Path(client.download_artifacts(parent_id, "evaluation.json", str(tmp_path))).read_text())
+    assert logged == evaluation
+    assert "evaluation/test_accuracy.png" in {a.path for a in client.list_artifacts(parent_id, "evaluation")}

@@ -162,6 +162,10 @@ def test_interrupted_evaluate_keeps_the_first_model_and_a_rerun_scores_only_the_
     assert baseline["results"]["3w1s"]["accuracy"] != first["accuracy"]
     untrained = client.get_run(trials[0].run_id).data.metrics["untrained_test_acc_3w1s"]
     assert untrained == pytest.approx(baseline["results"]["3w1s"]["accuracy"])
+    # each model's per-episode table holds its episodes once: the kept model is not logged again
+    for trial, prefix in ((trials[0], ""), (trials[0], "untrained_"), (trials[2], "")):
+        table = Path(client.download_artifacts(trial.run_id, f"evaluation/{prefix}episodes.json", str(tmp_path / "t")))
+        assert len(json.loads(table.read_text())["data"]) == EPISODES
 
 
 def test_untrained_network_is_the_one_the_trial_started_from(search_output):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 
 from pipeline.cli import main
@@ -180,6 +181,16 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, 
             assert sorted(steps) == expected
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+    # the same Optuna study, continued in its database: every trial in it, none left RUNNING
+    tags = client.get_run(parent_id).data.tags
+    study = optuna.load_study(study_name=tags["learn2tune.optuna_study"], storage=tags["learn2tune.optuna_storage"])
+    in_study = {t.number: t for t in study.trials}
+    for trial in trials.values():
+        assert in_study[trial["index"]].state == optuna.trial.TrialState.COMPLETE
+        if trial["trial_id"] != interrupted[0]:  # (its best may have come between the last save and the stop)
+            assert in_study[trial["index"]].value == pytest.approx(trial["val_accuracy"])
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in study.trials}
 
 
 def test_raising_and_diverging_trials_fail_alone_with_their_reasons(tmp_path, pipeline_ray, capsys):

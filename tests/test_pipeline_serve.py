@@ -123,10 +123,30 @@ def test_better_candidate_is_promoted_on_paired_episodes_and_both_scores_are_rec
     candidate, champion = float(tags["promotion.candidate_accuracy"]), float(tags["promotion.champion_accuracy"])
     assert candidate > champion
     assert float(tags["promotion.paired_difference"]) == pytest.approx(candidate - champion, abs=2e-4)
-    assert tags["promotion.dataset_fingerprint"] == tags["dataset_fingerprint"]
-    assert tags["promotion.episodes"].startswith("60 x 5w1s")
     # the gate re-scores on the evaluate stage's episodes: the same figure the register stage tagged
     assert candidate == pytest.approx(float(tags["test_accuracy"]), abs=1e-4)
+
+
+def test_promote_run_holds_the_paired_comparison_and_the_description_says_why(registry, tmp_path):
+    client = registry["client"]
+    version = client.get_model_version(MODEL, "2")
+    run_id = version.tags["promotion.run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["learn2tune.role"] == "promote"
+    record = json.loads(Path(client.download_artifacts(run_id, "promotion.json", str(tmp_path))).read_text())
+    assert record["dataset_fingerprint"] == version.tags["dataset_fingerprint"]
+    assert record["episodes"].startswith("60 x 5w1s") and record["decision"] == "promoted"
+    table = json.loads(Path(client.download_artifacts(run_id, "promotion/comparison.json", str(tmp_path))).read_text())
+    frame = pd.DataFrame(table["data"], columns=table["columns"])
+    assert len(frame) == 60
+    assert frame["candidate_accuracy"].mean() == pytest.approx(float(record["candidate_accuracy"]), abs=1e-4)
+    assert list(frame["difference"]) == pytest.approx(list(frame["candidate_accuracy"] - frame["champion_accuracy"]))
+    assert "promotion/comparison.png" in {a.path for a in client.list_artifacts(run_id, "promotion")}
+    assert version.description.startswith("Promoted to champion")
+    for number in (record["candidate_accuracy"], record["champion_accuracy"], record["paired_difference"]):
+        assert number in version.description
+    # the tags keep what a registry search needs; the rest is in the run
+    assert not {"promotion.episodes", "promotion.time", "promotion.candidate_ci95"} & set(version.tags)
 
 
 def test_worse_candidate_is_kept_out_and_old_versions_stay(registry):
@@ -134,7 +154,10 @@ def test_worse_candidate_is_kept_out_and_old_versions_stay(registry):
     assert status == 0, output
     client = registry["client"]
     assert client.get_model_version_by_alias(MODEL, "champion").version == 2
-    assert client.get_model_version(MODEL, "1").tags["promotion.decision"] == "kept version 2"
+    kept = client.get_model_version(MODEL, "1")
+    assert kept.tags["promotion.decision"] == "kept version 2"
+    assert kept.description.splitlines()[0].startswith("First champion")  # each promote adds its line
+    assert "Kept out" in kept.description.splitlines()[-1] and "stays version 2" in kept.description
     assert client.get_model_version(MODEL, "2").tags["promotion.defended_against"] == "1"
     assert {v.version for v in client.search_model_versions(f"name = '{MODEL}'")} == {1, 2, 3}
 
