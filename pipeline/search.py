@@ -359,6 +359,8 @@ def _log_on_parent(client, parent_run_id: str, result: SearchResult) -> None:
     if failed:
         reasons = "\n".join(_failure_line(t) for t in failed)
         client.set_tag(parent_run_id, "failed_trials", reasons[: tracking.MAX_TAG_LENGTH])
+    if ranked:  # the runs table's val_accuracy_best column, filled for the parent too: the search's best
+        tracking.log_metrics(client, parent_run_id, {"val_accuracy_best": ranked[0][1]})
     for rank, (trial, accuracy) in enumerate(ranked[:3], start=1):
         tracking.log_metrics(client, parent_run_id, {f"best{rank}_val_accuracy": accuracy})
         client.set_tag(parent_run_id, f"best{rank}", f"{trial.family} trial {trial.trial_id} run {trial.run_id}")

@@ -134,7 +134,7 @@ def test_smoke_run_logs_a_parent_and_one_run_per_cell_to_mlflow(smoke):
     experiment = client.get_experiment_by_name("omniglot-table")
     parent = client.get_run(results["mlflow"]["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["test_accuracy_protonet_5w1s"] == results["cells"][0]["accuracy"]
+    assert parent.data.metrics["test_accuracy_protonet_5w1s"] == pytest.approx(results["cells"][0]["accuracy"])
     assert experiment is not None
     children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(r.info.run_name for r in children) == sorted(f"{f}-{s}" for f in FAMILIES for s in SETTINGS_RUN)
