@@ -320,8 +320,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"YAML config file (default: configs/quickstart.yaml) and image source: {', '.join(source_names())} "
         "(default: data.source); either or both, in any order",
     )
-    build.add_argument("-c", "--config", help="deprecated: give the config file positionally, as other commands do")
-    build.set_defaults(source=None)
+    build.add_argument(
+        "-c",
+        "--config",
+        action=ConfigAndSource,
+        help="deprecated: give the config file positionally, as other commands do",
+    )
+    build.set_defaults(source=None, config=None)
     build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
     build.add_argument("--split", help="class split: random | by-alphabet | csv (default: the source's)")
     build.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as new classes")
@@ -380,12 +385,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class ConfigAndSource(argparse.Action):
-    """``build``'s positional words: a registered source name is the source (unless a file has
-    that name), anything else the config file; at most one of each."""
+    """``build``'s positional words (and the deprecated ``-c CONFIG``): a registered source name is the
+    source unless a file has that name; an existing file or a ``.yaml``/``.yml`` name is the config;
+    any other word is taken as a source, so a misspelt one gets the registry's "did you mean". At most
+    one of each."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
-        for word in values:
-            field = "source" if word in source_names() and not Path(word).exists() else "config"
+        for word in [values] if option is not None else values:
+            exists = Path(word).exists()
+            if option is not None or (exists or Path(word).suffix in (".yaml", ".yml")) and word not in source_names():
+                field = "config"
+            else:
+                field = "config" if exists else "source"
             if getattr(namespace, field, None) is not None:
                 parser.error(f"two {field}s given: {getattr(namespace, field)!r} and {word!r}")
             setattr(namespace, field, word)

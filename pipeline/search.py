@@ -55,11 +55,11 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
 
     # Everything is validated: from here on the stage writes.
     client = tracking.make_client(config.tracking.uri)
+    inputs = dataset_inputs.search_inputs(store.manifest, config.dataset_location)  # the store may be shared now
     if state is None:
         _set_aside_previous(experiment, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
         tracking.log_dataset_report(client, state["parent_run_id"], store.manifest)
-        inputs = dataset_inputs.search_inputs(store.manifest, config.dataset_location)
         dataset_inputs.log_inputs(client, [state["parent_run_id"]], inputs)
         write_json_atomic(experiment.child(STATE_FILE), state)
     else:
@@ -73,7 +73,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     status = "FAILED"
     try:
         with quiet_tune_hints():  # the CLI prints the --resume command instead
-            grid = _fit(config, shared, experiment_id, parent_run_id, resume, study_name)
+            grid = _fit(config, shared, inputs, experiment_id, parent_run_id, resume, study_name)
             attempts = _failed_attempts(experiment)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
@@ -164,7 +164,13 @@ def _set_aside_previous(experiment: Location, client, out: Out) -> None:
 
 
 def _fit(
-    config: Config, shared: SharedDataset | None, experiment_id: str, parent_run_id: str, resume: bool, study_name: str
+    config: Config,
+    shared: SharedDataset | None,
+    inputs: list[dataset_inputs.SplitInput],
+    experiment_id: str,
+    parent_run_id: str,
+    resume: bool,
+    study_name: str,
 ):
     import optuna
     from ray import tune
@@ -185,7 +191,7 @@ def _fit(
     context = TrialContext(
         config=config, experiment_id=experiment_id, parent_run_id=parent_run_id, shared=shared,
         run_tags=run_context.context_tags("search"),
-        inputs=tuple(dataset_inputs.search_inputs(datasets.open_dataset(config).manifest, config.dataset_location)),
+        inputs=tuple(inputs),
     )  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),
