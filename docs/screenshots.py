@@ -43,7 +43,8 @@ PIPELINE = [
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
 VIEWPORT = {"width": 1600, "height": 900}
 RUNS_TABLE_COLUMNS = (
-    "attributes.`Dataset`", "attributes.`Source`", "attributes.`Models`", "metrics.`val_accuracy`", "params.`family`",
+    "attributes.`Dataset`", "attributes.`Source`", "attributes.`Models`",
+    "metrics.`val_accuracy_best`", "params.`family`",
 )  # fmt: skip
 # The UI's own first-visit extras (assistant panel, feature tips) stay closed; the workflow switch
 # (GenAI / Model training) is left alone, so the runs table shows what the printed link opens.
@@ -317,10 +318,12 @@ def capture(shown: list[View], experiment_id: str, runs_table_url: str, chromium
         context.add_init_script(
             "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in stored.items())
         )
-        page = context.new_page()
         for view in shown:
             url = view.page if "://" in view.page else f"{base}/#/{view.page}?{workflow}"
             print(f"{view.name}: {url}", flush=True)
+            # A page of its own per view: the single-page UI keeps the artifact it first opened
+            # when only the URL's fragment changes.
+            page = context.new_page()
             page.goto(url)
             try:
                 page.get_by_text(view.ready_text).first.wait_for(timeout=READY_MS)
@@ -335,6 +338,7 @@ def capture(shown: list[View], experiment_id: str, runs_table_url: str, chromium
             page.screenshot(path=path)
             _optimise(path)
             written.append(path)
+            page.close()
         browser.close()
     return written
 
