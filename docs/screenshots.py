@@ -41,7 +41,7 @@ PIPELINE = [
     ["promote", str(CONFIG), "--set", "episodes.test.episodes=100"],
 ]
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-VIEWPORT = {"width": 1600, "height": 900}
+WIDTH, HEIGHT = 1600, 900  # the viewport
 RUNS_TABLE_COLUMNS = (
     "attributes.`Dataset`", "attributes.`Source`", "attributes.`Models`",
     "metrics.`val_accuracy_best`", "params.`family`",
@@ -313,7 +313,7 @@ def capture(shown: list[View], experiment_id: str, runs_table_url: str, chromium
     written = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+        context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
         stored = {**CLOSED_PANELS, **runs_table_state(experiment_id)}
         context.add_init_script(
             "".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)});" for k, v in stored.items())
