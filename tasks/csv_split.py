@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from tasks.decode import Unreadable, is_grey, read_image
 from tasks.errors import DatasetError
-from tasks.folder import DECODER_VERSION, MIN_IMAGES_PER_CLASS
-from tasks.folder_scan import UNREADABLE
+from tasks.image_files import MIN_IMAGES_PER_CLASS, ImageFileSource
 from tasks.say import Say
-from tasks.source import ClassInfo, Source, Survey
+from tasks.source import ClassInfo
 from tasks.splits import SPLIT_NAMES
 
 if TYPE_CHECKING:
@@ -53,7 +48,7 @@ class Row:
         return f"{self.csv} line {self.line}"
 
 
-class CsvSplitSource(Source):
+class CsvSplitSource(ImageFileSource):
     """Classes and their split from ``train.csv`` / ``val.csv`` / ``test.csv`` under ``root``;
     every listed file is read once by :meth:`survey`."""
 
@@ -63,20 +58,17 @@ class CsvSplitSource(Source):
     split_methods = ("csv",)
     default_channels = "auto"
     settings = ("skip_unreadable",)
-    fingerprint_params = {"decoder_version": DECODER_VERSION}
+    skip_hint = "remove it from its CSV, or set data.skip_unreadable: true to skip and count such files"
 
     def __init__(self, root: str | Path, skip_unreadable: bool = False) -> None:
         self._root = Path(root).expanduser()
         if not self._root.is_dir():
             raise DatasetError(f"csv-split folder {self._root} does not exist or is not a directory")
-        self._skip_unreadable = skip_unreadable
         images = self._root / IMAGE_FOLDER
         self._images = images if images.is_dir() else self._root
         self._rows = {name: _read_csv(self._root, name) for name in SPLIT_NAMES}
         self._partition = _partitions(self._root, self._rows)
-        self._listed = self._check_files()
-        self._readable: dict[str, list[str]] | None = None
-        self._survey: Survey | None = None
+        super().__init__(self._images, self._check_files(), skip_unreadable)
         self._digest: str | None = None
 
     @classmethod
@@ -90,9 +82,6 @@ class CsvSplitSource(Source):
     def classes(self) -> list[ClassInfo]:
         return [ClassInfo(key=key, group=key, partition=self._partition[key]) for key in sorted(self._files())]
 
-    def images(self, key: str) -> list[np.ndarray]:
-        return [read_image(self._images / name)[0] for name in self._files()[key]]
-
     def digest(self) -> str:
         """sha256 over the three CSVs' bytes and each listed image's name and bytes."""
         if self._digest is None:
@@ -105,17 +94,6 @@ class CsvSplitSource(Source):
                     total.update(f"{key}\0{filename}\0{content}\n".encode())
             self._digest = total.hexdigest()
         return self._digest
-
-    def survey(self) -> Survey:
-        """Decode every listed file once: which are unreadable, which are colour, what was converted."""
-        if self._survey is None:
-            self._survey = self._read_all()
-        return self._survey
-
-    def _files(self) -> dict[str, list[str]]:
-        self.survey()
-        assert self._readable is not None
-        return self._readable
 
     def _check_files(self) -> dict[str, list[str]]:
         """Class key -> its file names in CSV order; a file listed twice or not there stops the open."""
@@ -137,35 +115,7 @@ class CsvSplitSource(Source):
                 listed.setdefault(row.label, []).append(row.filename)
         return listed
 
-    def _read_bytes(self, filename: str) -> bytes:
-        try:
-            return (self._images / filename).read_bytes()
-        except OSError as exc:  # no read permission
-            if self._skip_unreadable:
-                return b""
-            raise DatasetError(f"{self._images / filename}: cannot read ({exc.strerror}){_SKIP_HINT}") from None
-
-    def _read_all(self) -> Survey:
-        readable: dict[str, list[str]] = {}
-        skipped: dict[str, list[str]] = {}
-        conversions: Counter[str] = Counter()
-        colour: list[str] = []
-        for key in sorted(self._listed):
-            readable[key] = []
-            for filename in self._listed[key]:
-                try:
-                    array, note = read_image(self._images / filename)
-                except Unreadable as exc:
-                    if not self._skip_unreadable:
-                        where = self._images / filename
-                        raise DatasetError(f"{where}: not a readable image ({exc}){_SKIP_HINT}") from None
-                    skipped.setdefault(UNREADABLE, []).append(filename)
-                    continue
-                readable[key].append(filename)
-                if note:
-                    conversions[note] += 1
-                if not is_grey(array):
-                    colour.append(filename)
+    def _check_class_sizes(self, readable: dict[str, list[str]]) -> None:
         small = sorted(key for key, names in readable.items() if len(names) < MIN_IMAGES_PER_CLASS)
         if small:
             raise DatasetError(
@@ -173,10 +123,6 @@ class CsvSplitSource(Source):
                 f"{len(readable[small[0]])} readable image; every class needs at least {MIN_IMAGES_PER_CLASS}, "
                 "one support and one query image"
             )
-        self._readable = readable
-        listed = sum(len(names) for names in self._listed.values())
-        images = sum(len(names) for names in readable.values())
-        return Survey(listed, images, skipped, dict(sorted(conversions.items())), colour)
 
 
 def _read_csv(root: Path, split: str) -> list[Row]:
@@ -227,6 +173,3 @@ def _partitions(root: Path, rows: dict[str, list[Row]]) -> dict[str, str]:
                 )
             first.setdefault(row.label, row)
     return partition
-
-
-_SKIP_HINT = "; remove it from its CSV, or set data.skip_unreadable: true to skip and count such files"
