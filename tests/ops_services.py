@@ -10,26 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-BIN = Path(sys.executable).parent
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from services import BIN, QUIET, answers, free_port, port_open, wait_until
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -58,17 +48,6 @@ def _session_members(session: int) -> list[int]:
         if fields[0] != "Z" and int(fields[3]) == session:
             members.append(int(stat.parent.name))
     return members
-
-
-def wait_until(ready, timeout_s: float, what: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        if ready():
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
 @dataclass
@@ -107,18 +86,10 @@ def ops_mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_until(lambda: _answers(f"{server.url}/health"), 120, "mlflow server", process, log)
+        wait_until(lambda: answers(f"{server.url}/health"), "mlflow server", process, log, timeout=120)
         yield server
     finally:
         stop_group(process)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @dataclass
@@ -186,15 +157,7 @@ def ops_ray_nodes(tmp_path_factory) -> Iterator[RayNodes]:
         "--include-dashboard=false",
     )  # fmt: skip
     try:
-        wait_until(lambda: _port_open(nodes.port), 90, "ray head", head, head.log)  # type: ignore[attr-defined]  # set by start()
+        wait_until(lambda: port_open(nodes.port), "ray head", head, head.log, timeout=90)  # type: ignore[attr-defined]  # set by start()
         yield nodes
     finally:
         nodes.stop()
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False

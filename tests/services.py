@@ -208,7 +208,7 @@ def ray_cluster(root: Path, node_env: Mapping[str, str], workers: int = 2, gpus:
                 cluster.worker_dirs.append(node_dir)
             processes.append(start(command, root / f"ray-{name}.log", node_env, cwd=node_dir))
             if index == 0:
-                wait_until(lambda: _port_open(port), "ray head", processes[0], root / "ray-head.log", timeout=90)
+                wait_until(lambda: port_open(port), "ray head", processes[0], root / "ray-head.log", timeout=90)
         nodes = _wait_for_nodes(address, workers + 1, root, node_env)
         cluster.worker_node_ids = [
             next(n["NodeID"] for n in nodes if f"worker{i}" in n["Resources"]) for i in range(1, workers + 1)
@@ -220,7 +220,8 @@ def ray_cluster(root: Path, node_env: Mapping[str, str], workers: int = 2, gpus:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on ``port`` of 127.0.0.1."""
     with socket.create_connection((HOST, port), timeout=1):
         return True
 
