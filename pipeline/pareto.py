@@ -84,12 +84,13 @@ def pareto_plot(points: Sequence[Point], title: str) -> Figure:
         mine = [p for p in points if p.family == family]
         ax.scatter([p.latency_ms for p in mine], [p.val_accuracy for p in mine], label=family, zorder=3)
     front = sorted((p for p in points if p.front), key=lambda p: p.latency_ms)
-    ax.step([p.latency_ms for p in front], [p.val_accuracy for p in front], where="post", color="black",
-            linewidth=1, label="Pareto front")  # fmt: skip
+    ax.step([p.latency_ms for p in front], [p.val_accuracy for p in front], where="post", color="black", linewidth=1)
+    ax.scatter([p.latency_ms for p in front], [p.val_accuracy for p in front], s=140, facecolors="none",
+               edgecolors="black", label="Pareto front", zorder=4)  # fmt: skip
     for p in front:
         ax.annotate(p.family, (p.latency_ms, p.val_accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel="inference latency, p50 (ms, 5-way 5-shot + 75 queries, CPU)", ylabel="best validation accuracy")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(title)
     return figure
 
