@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 WAYS, SHOTS, QUERIES_PER_CLASS = 5, 5, 15
 WARMUP_CALLS = 5
 TIMED_CALLS = 50
+MIN_BUDGET_CALLS = 5  # timed calls a time budget cannot cut
 
 
 @dataclass(frozen=True)
@@ -116,17 +117,22 @@ class Timing:
     calls: int
 
 
-def time_calls(call: Callable[[], object], calls: int = TIMED_CALLS, warmup: int = WARMUP_CALLS) -> Timing:
-    """Median and 95th percentile of ``calls`` timed calls of ``call``, after ``warmup`` untimed ones."""
+def time_calls(
+    call: Callable[[], object], calls: int = TIMED_CALLS, warmup: int = WARMUP_CALLS, budget_s: float | None = None
+) -> Timing:
+    """Median and 95th percentile of ``calls`` timed calls of ``call``, after ``warmup`` untimed ones;
+    with ``budget_s``, fewer once that many seconds of timed calls and ``MIN_BUDGET_CALLS`` are done."""
     for _ in range(warmup):
         call()
-    seconds = []
-    for _ in range(calls):
+    seconds: list[float] = []
+    while len(seconds) < calls:
         start = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - start)
+        if budget_s is not None and len(seconds) >= MIN_BUDGET_CALLS and sum(seconds) >= budget_s:
+            break
     p50, p95 = np.percentile(np.array(seconds) * 1000.0, [50, 95])
-    return Timing(float(p50), float(p95), calls)
+    return Timing(float(p50), float(p95), len(seconds))
 
 
 def machine(device: str = "cpu") -> str:

@@ -10,7 +10,8 @@ on the versions, and the candidate's description says why the alias moved or sta
 
 Models built on different datasets (fingerprints) or for a different primary (ways, shots)
 setting are not compared: that is refused with the reason, and ``force`` moves the alias
-without a comparison, saying so in the tags.
+without a comparison, saying so in the tags. A candidate over a serving bound (latency,
+parameters: :mod:`pipeline.promote_limits`) is refused before anything is scored.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ and the version tags (the registry, promote and the search's plot: tests/test_pi
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,9 @@ def test_time_calls_counts_only_the_timed_calls_and_orders_its_percentiles():
     timing = time_calls(lambda: calls.append(sum(range(1000))), calls=50, warmup=4)
     assert len(calls) == 54 and timing.calls == 50
     assert 0.0 < timing.p50_ms <= timing.p95_ms
+    budgeted = time_calls(lambda: time.sleep(0.01), calls=50, warmup=0, budget_s=0.03)
+    assert budgeted.calls == 5  # the minimum a budget leaves, though 3 calls spend it
+    assert time_calls(lambda: None, calls=7, warmup=0, budget_s=10.0).calls == 7
 
 
 def test_cost_tags_round_trip_and_a_version_without_them_has_none():

@@ -399,4 +399,5 @@ def test_parent_run_holds_the_accuracy_latency_pareto_plot_and_points(pipeline_r
     for point in points:
         trial = with_checkpoint[point["trial_id"]]
         assert point["val_accuracy"] == pytest.approx(trial["val_accuracy"])
+        assert 5 <= point["calls"] <= 20
         assert client.get_run(trial["run_id"]).data.metrics[LATENCY_METRIC] == pytest.approx(point["latency_ms"])
