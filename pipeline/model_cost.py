@@ -222,13 +222,15 @@ def measure_model_dir(model_dir: Path, split: SplitStore | None, calls: int = TI
     )
 
 
-def measure_model(artifact_uri: str, tracking_uri: str, split: SplitStore | None) -> ModelCost:
+def measure_model(
+    artifact_uri: str, tracking_uri: str, split: SplitStore | None, calls: int = TIMED_CALLS
+) -> ModelCost:
     """The cost of the logged or registered model at ``artifact_uri`` (downloaded first)."""
     import mlflow.artifacts
 
     with tempfile.TemporaryDirectory(prefix="learn2tune-cost-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri)
-        return measure_model_dir(Path(local), split)
+        return measure_model_dir(Path(local), split, calls)
 
 
 def test_split(config: Config) -> SplitStore | None:

@@ -77,7 +77,7 @@ def version_cost(client: MlflowClient, config: Config, version: RegisteredVersio
     out(f"{version.name} version {version.number} has no size or latency tags (registered before they were "
         "recorded): measuring it now on this machine")  # fmt: skip
     source = client.get_model_version_download_uri(version.name, version.number)
-    cost = measure_model(source, config.tracking.uri, test_split(config))
+    cost = measure_model(source, config.tracking.uri, test_split(config), config.registry.latency_calls)
     for key, value in cost.to_tags().items():
         client.set_model_version_tag(version.name, version.number, key, value)
     return cost

@@ -45,7 +45,8 @@ def register(config: Config, out: Out) -> RegisteredVersion:
         if not (checkpoint / SPEC_FILE).is_file() or not (checkpoint / WEIGHTS_FILE).is_file():
             raise PipelineError(missing)
         logged = model_format.log_model(client, winner.run_id, checkpoint, MODEL_NAME)
-    cost = measure_model(logged.artifact_location, config.tracking.uri, test_split(config))
+    calls = config.registry.latency_calls
+    cost = measure_model(logged.artifact_location, config.tracking.uri, test_split(config), calls)
     tags = VersionTags(
         family=winner.family,
         trial_id=winner.trial_id,

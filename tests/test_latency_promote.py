@@ -64,3 +64,12 @@ def test_a_bound_that_is_not_positive_is_refused_in_the_config_and_as_a_flag(bad
     config.write_text(f"name: c\nworkdir: {tmp_path}\ntracking: {{uri: 'sqlite:///{tmp_path}/m.db'}}\n")
     assert main(["promote", str(config), "--max-params", bad]) == 2
     assert "--max-params must be a positive number" in capsys.readouterr().err
+
+
+def test_register_needs_at_least_five_timed_calls(tmp_path, capsys):
+    from pipeline.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nworkdir: {tmp_path}\nregistry: {{latency_calls: 2}}\n")
+    assert main(["register", str(config)]) == 2
+    assert "registry.latency_calls" in capsys.readouterr().err
