@@ -129,10 +129,12 @@ def cmd_register(args: argparse.Namespace, out: Console) -> int:
 def cmd_promote(args: argparse.Namespace, out: Console) -> int:
     from pipeline.preflight import check_registry_exists
     from pipeline.promote import promote
+    from pipeline.promote_limits import Limits
 
     config = _config(args)
+    limits = Limits.of(config, args.max_latency_ms, args.max_params)
     check_registry_exists(config.tracking.uri, config.registry.model_name)
-    promote(config, out, candidate=args.candidate, force=args.force, stream=out.terminal)
+    promote(config, out, candidate=args.candidate, force=args.force, stream=out.terminal, limits=limits)
     out.next_step("serve the champion over HTTP", "serve")
     return 0
 
@@ -355,6 +357,10 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--candidate", metavar="VERSION", help="version to promote (default: alias candidate)")
     promote.add_argument("--force", action="store_true", help="move the champion alias whatever the comparison says")
     promote.add_argument("--episodes", help="test episodes to compare on (default: episodes.test.episodes)")
+    promote.add_argument(
+        "--max-latency-ms", type=float, metavar="MS", help="refuse a candidate whose p95 latency is above MS"
+    )
+    promote.add_argument("--max-params", type=int, metavar="N", help="refuse a candidate with more than N parameters")
 
     serve = _command(commands, "serve", cmd_serve, "serve a registered version over HTTP (MLflow scoring server)")
     _register_flags(serve)

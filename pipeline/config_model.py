@@ -145,6 +145,9 @@ class RegistryConfig(Section):
     ] = ""  # unset: the config's name
     top_k: Count = 1
     best_per_family: Boolean = False  # also evaluate each family's best trial
+    max_latency_ms: Annotated[Number, Field(gt=0)] | None = None  # promote refuses a slower p95; null: no bound
+    max_params: Annotated[Integer, Field(ge=1)] | None = None  # promote refuses a bigger model; null: no bound
+    latency_calls: Annotated[Integer, Field(ge=5)] = 50  # timed calls of register's latency measurement
 
 
 class Config(Section):

@@ -10,7 +10,8 @@ on the versions, and the candidate's description says why the alias moved or sta
 
 Models built on different datasets (fingerprints) or for a different primary (ways, shots)
 setting are not compared: that is refused with the reason, and ``force`` moves the alias
-without a comparison, saying so in the tags.
+without a comparison, saying so in the tags. A candidate over a serving bound (latency,
+parameters: :mod:`pipeline.promote_limits`) is refused before anything is scored.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pipeline.config import Config
 from pipeline.device import pick_device
 from pipeline.errors import PipelineError
 from pipeline.evaluate import setting_key, tasks_per_batch
+from pipeline.promote_limits import Limits, check_limits
 from pipeline.records import RegisteredVersion
 from pipeline.register import ALIAS as CANDIDATE
 from pipeline.scoring import episode_accuracies, mean_ci95
@@ -69,14 +71,21 @@ class Setting:
 
 
 def promote(
-    config: Config, out: Out, candidate: str | None = None, force: bool = False, stream: TextIO | None = None
+    config: Config,
+    out: Out,
+    candidate: str | None = None,
+    force: bool = False,
+    stream: TextIO | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
     """Gate ``candidate`` (a version number; default: the ``candidate`` alias) against the champion.
-    ``stream`` (a terminal) shows each version's scoring as a progress bar."""
+    ``stream`` (a terminal) shows each version's scoring as a progress bar; a candidate that breaks
+    ``limits`` (default: the config's) is refused first."""
     client = tracking.make_client(config.tracking.uri)
     name = config.registry.model_name
     tracking.check_registered_model(client, name, config.tracking.uri)
     challenger = _version(client, name, candidate)
+    check_limits(client, config, challenger, limits or Limits.of(config, None, None), out)
     champion = _alias_version(client, name, CHAMPION)
     if champion is not None and champion.number == challenger.number:
         out(f"{name} version {challenger.number} is already the champion; nothing to do")

@@ -4,7 +4,8 @@ Reads ``evaluation.json`` and the winner's checkpoint (downloaded first from an 
 logs the model (:mod:`deploy.model_format` owns its format) as an MLflow 3 logged model of the
 winning trial's run, registers the version from it (source ``models:/<model_id>``) as
 ``registry.model_name`` and tags the version with what it is and how it scored
-(:class:`pipeline.records.VersionTags`). Only an explicit MlflowClient is used (no fluent
+(:class:`pipeline.records.VersionTags`) and what it costs to serve: parameters, weights size and
+in-process latency on a standard request (:mod:`pipeline.model_cost`). Only an explicit MlflowClient is used (no fluent
 tracking-URI state).
 """
 
@@ -15,6 +16,7 @@ from pipeline import tracking
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.evaluate import read_evaluation
+from pipeline.model_cost import measure_model, test_split
 from pipeline.records import RegisteredVersion, VersionTags
 from pipeline.registered import check_not_registered
 from tasks import storage
@@ -43,6 +45,8 @@ def register(config: Config, out: Out) -> RegisteredVersion:
         if not (checkpoint / SPEC_FILE).is_file() or not (checkpoint / WEIGHTS_FILE).is_file():
             raise PipelineError(missing)
         logged = model_format.log_model(client, winner.run_id, checkpoint, MODEL_NAME)
+    calls = config.registry.latency_calls
+    cost = measure_model(logged.artifact_location, config.tracking.uri, test_split(config), calls)
     tags = VersionTags(
         family=winner.family,
         trial_id=winner.trial_id,
@@ -57,9 +61,10 @@ def register(config: Config, out: Out) -> RegisteredVersion:
         selection=str(evaluation.selection),
     )
     _ensure_registered_model(client, name)
+    version_tags = {**tags.to_tags(), **cost.to_tags()}
     with tracking.process_tracking_uri(config.tracking.uri):  # MLflow resolves the models:/ source with it
         version = client.create_model_version(
-            name, f"models:/{logged.model_id}", run_id=winner.run_id, tags=tags.to_tags(), model_id=logged.model_id
+            name, f"models:/{logged.model_id}", run_id=winner.run_id, tags=version_tags, model_id=logged.model_id
         ).version
     client.set_registered_model_alias(name, ALIAS, version)
     registered = RegisteredVersion(name, str(version), tags)
@@ -68,6 +73,7 @@ def register(config: Config, out: Out) -> RegisteredVersion:
         f"registered {winner.family} trial {winner.trial_id} as {name} version {version} "
         f"(alias {ALIAS}; {evaluation.primary} test accuracy {primary.accuracy:.4f} ± {primary.ci95:.4f})"
     )
+    out(f"  {cost.describe()} on {cost.machine}")
     return registered
 
 

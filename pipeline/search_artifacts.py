@@ -7,6 +7,8 @@
 - ``search/param_importance_<family>.png``: per family with at least two finished trials and a
   searched knob, fANOVA importance of its knobs for validation accuracy (a family's knobs exist
   only in its own trials, so importance is computed within each family);
+- ``search/pareto.png`` and ``search/pareto.json``: validation accuracy against inference latency
+  of the trials with a checkpoint, the Pareto front marked (:mod:`pipeline.pareto`);
 - the Optuna study (:mod:`pipeline.study`): where it lives, as tags, and a copy as ``optuna/study.db``.
 
 All of it is computed from ``search_result.json``'s trial records (the ranking's figures).
@@ -18,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from learners.space import Choice, Distribution, Float, Int
-from pipeline import study
+from pipeline import pareto, study
 from pipeline.config import Config
 from pipeline.plots import optimisation_history, parameter_importance
 from pipeline.records import SearchResult, TrialRecord
@@ -47,6 +49,7 @@ def log_search_artifacts(
         scored = sum(1 for t in result.trials if t.family == family and t.val_accuracy is not None)
         figure = parameter_importance(importances, f"{family}: parameter importance (fANOVA, {scored} trials)")
         client.log_figure(run_id, figure, IMPORTANCE_PLOT.format(family=family))
+    pareto.log_pareto(client, run_id, result, config.storage.endpoint_url, out)
     url = config.search.study_storage or ""
     if not study.has_study(url, study_name):
         out(f"note: Optuna study {study_name} is not in {study.shown_url(url)}; nothing to log of it")

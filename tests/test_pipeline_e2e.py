@@ -337,3 +337,67 @@ def test_evaluate_logs_per_episode_tables_setting_plots_and_the_evaluation(pipel
     logged = json.loads(Path(client.download_artifacts(parent_id, "evaluation.json", str(tmp_path))).read_text())
     assert logged == evaluation
     assert "evaluation/test_accuracy.png" in {a.path for a in client.list_artifacts(parent_id, "evaluation")}
+
+
+def test_registered_version_records_its_parameters_weights_size_and_latency(pipeline_run):
+    from learners.checkpoint import WEIGHTS_FILE, load_learner
+    from pipeline.model_cost import ModelCost
+
+    _, client, evaluation = pipeline_run
+    cost = ModelCost.from_tags(client.get_model_version_by_alias("e2e", "candidate").tags)
+    assert cost is not None
+    checkpoint = Path(next(m for m in evaluation["models"] if m["trial_id"] == evaluation["winner"])["checkpoint"])
+    learner, _ = load_learner(checkpoint)
+    assert cost.params == sum(p.numel() for p in learner.parameters())
+    assert cost.size_bytes == (checkpoint / WEIGHTS_FILE).stat().st_size
+    assert 0.0 < cost.p50_ms <= cost.p95_ms < 10_000.0
+    assert cost.calls >= 50
+    assert cost.request == "5-way 5-shot + 75 queries (test split)"
+    assert "cores" in cost.machine and "torch threads" in cost.machine
+
+
+def test_promote_refuses_a_candidate_over_a_bound_with_one_line_and_promotes_one_within(pipeline_run, capsys):
+    from pipeline.model_cost import TAGS
+
+    root, client, _ = pipeline_run
+    config = str(root / "e2e.yaml")
+    version = client.get_model_version_by_alias("e2e", "candidate")
+    p95, params = float(version.tags["latency.p95_ms"]), int(version.tags["model.params"])
+    aliases = dict(client.get_registered_model("e2e").aliases)
+    for flags, broken in (
+        (["--max-latency-ms", f"{p95 / 2}"], f"breaks --max-latency-ms {p95 / 2:g}: its p95 is {p95:.2f} ms"),
+        (["--max-params", str(params - 1)], f"breaks --max-params {params - 1}: it has {params:,} parameters"),
+    ):
+        capsys.readouterr()
+        assert main(["promote", config, *flags]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"learn2tune: error: e2e version {version.version} {broken}")
+        assert dict(client.get_registered_model("e2e").aliases) == aliases
+        assert client.get_model_version("e2e", version.version).tags == version.tags
+
+    for tag in TAGS.values():  # as registered before the figures were recorded: measured at promote
+        client.delete_model_version_tag("e2e", version.version, tag)
+    assert main(["promote", config, "--max-latency-ms", f"{p95 * 1000}", "--max-params", str(params)]) == 0
+    assert "measuring it now" in capsys.readouterr().out
+    promoted = client.get_model_version("e2e", version.version)
+    assert client.get_model_version_by_alias("e2e", "champion").version == version.version
+    assert int(promoted.tags["model.params"]) == params and float(promoted.tags["latency.p95_ms"]) > 0
+
+
+def test_parent_run_holds_the_accuracy_latency_pareto_plot_and_points(pipeline_run, tmp_path):
+    from pipeline.pareto import LATENCY_METRIC, PARETO_PLOT, PARETO_POINTS, pareto_front
+
+    root, client, evaluation = pipeline_run
+    parent_id = evaluation["mlflow"]["parent_run_id"]
+    assert {PARETO_PLOT, PARETO_POINTS} <= {a.path for a in client.list_artifacts(parent_id, "search")}
+    points = json.loads(Path(client.download_artifacts(parent_id, PARETO_POINTS, str(tmp_path))).read_text())["points"]
+    result = json.loads((root / "runs/tune/e2e/search_result.json").read_text())
+    with_checkpoint = {t["trial_id"]: t for t in result["trials"] if t["checkpoint"]}
+    assert {p["trial_id"] for p in points} == set(with_checkpoint)
+    front = pareto_front([(p["val_accuracy"], p["latency_ms"]) for p in points])
+    assert front and [i for i, p in enumerate(points) if p["front"]] == front
+    for point in points:
+        trial = with_checkpoint[point["trial_id"]]
+        assert point["val_accuracy"] == pytest.approx(trial["val_accuracy"])
+        assert 5 <= point["calls"] <= 20
+        assert client.get_run(trial["run_id"]).data.metrics[LATENCY_METRIC] == pytest.approx(point["latency_ms"])
