@@ -289,6 +289,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "shots": ("episodes.test.shots", "list"),
     "episodes": ("episodes.test.episodes", "scalar"),
     "model_name": ("registry.model_name", "text"),
+    "warm_start": ("search.warm_start", "list"),
 }
 
 
@@ -432,6 +433,9 @@ def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument(
         "--wait-for-resources", metavar="SECONDS", help="wait this long for a node that can hold one trial to join"
+    )
+    parser.add_argument(
+        "--warm-start", metavar="EXP[,EXP...]|auto", help="seed the study with these experiments' past searches"
     )
 
 

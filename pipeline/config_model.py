@@ -111,6 +111,8 @@ class SearchConfig(Section):
     data: Literal["object-store", "storage"] = "object-store"
     # the Optuna study's database (a SQLAlchemy URL); null: <workdir>/tune/<name>/optuna.db (pipeline/study.py)
     study_storage: Text | None = None
+    # past searches seeding this one: MLflow experiment names, or auto (every finished search); null: none
+    warm_start: Literal["auto"] | ListOf[Text] | None = None
 
 
 class RayConfig(Section):

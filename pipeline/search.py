@@ -16,14 +16,14 @@ import time
 from collections.abc import Mapping
 
 from learners.registry import make_hparams
-from pipeline import dataset_inputs, datasets, run_context, search_artifacts, study, tracking
+from pipeline import dataset_inputs, datasets, run_context, search_artifacts, study, tracking, warm_start
 from pipeline.config import Config, grace_iterations
 from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, error_reason
 from pipeline.io import read_json, write_json_atomic
 from pipeline.plots import learning_curve
 from pipeline.ray_runtime import check_trial_resources, connect
 from pipeline.records import DatasetRef, MlflowRef, SearchResult, TrialRecord, ValEpisodes
-from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, define_by_run, trial_hparams
+from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, ConditionalSpace, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
 from pipeline.trial_stops import ERROR, stop_reason
@@ -56,6 +56,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     # Everything is validated: from here on the stage writes.
     client = tracking.make_client(config.tracking.uri)
     inputs = dataset_inputs.search_inputs(store.manifest, config.dataset_location)  # the store may be shared now
+    sources = warm_start.find_sources(client, config.search.warm_start) if state is None else []
     if state is None:
         _set_aside_previous(experiment, client, out)
         state = _start_parent_run(client, config, store.fingerprint)
@@ -66,6 +67,9 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
         client.update_run(state["parent_run_id"], status="RUNNING")
     experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
     study_name = study.study_name(client, parent_run_id)
+    space = _space(config)
+    if config.search.warm_start and not resume:  # a resumed search continues its saved, seeded study
+        space = warm_start.begin(client, sources, space, parent_run_id, study_name, config, out)
     out(
         f"search {config.name}: {config.search.trials} trials over {', '.join(config.search.families)}, "
         f"up to {config.search.max_iterations} meta-iterations each (MLflow parent run {parent_run_id})"
@@ -73,7 +77,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     status = "FAILED"
     try:
         with quiet_tune_hints():  # the CLI prints the --resume command instead
-            grid = _fit(config, shared, inputs, experiment_id, parent_run_id, resume, study_name)
+            grid = _fit(config, space, shared, inputs, experiment_id, parent_run_id, resume, study_name)
             attempts = _failed_attempts(experiment)
         if len(attempts) < config.search.trials or None in attempts.values():
             status = "KILLED"
@@ -165,6 +169,7 @@ def _set_aside_previous(experiment: Location, client, out: Out) -> None:
 
 def _fit(
     config: Config,
+    space: ConditionalSpace,
     shared: SharedDataset | None,
     inputs: list[dataset_inputs.SplitInput],
     experiment_id: str,
@@ -209,7 +214,7 @@ def _fit(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(
-                define_by_run(search.families, search.fixed, search.points_to_evaluate, search.backbones),
+                space,
                 METRIC,
                 config.seed,
                 search.study_storage or "",
@@ -245,6 +250,11 @@ def _fit(
         ),
     )
     return tuner.fit()
+
+
+def _space(config: Config) -> ConditionalSpace:
+    search = config.search
+    return define_by_run(search.families, search.fixed, search.points_to_evaluate, search.backbones)
 
 
 def _failed_attempts(experiment: Location) -> dict[str, int | None]:

@@ -44,17 +44,27 @@ class ConditionalSpace:
     spaces: dict[str, dict[str, Distribution]]
     points: dict[str, dict[str, Any]]  # family -> values of some of its searched knobs
     constants: dict[str, dict[str, Any]]  # family -> knobs set rather than searched (its one backbone)
+    # A warm-started study's (pipeline.warm_start): the past trials before this search's first one,
+    # and the families queued with them, which the first trial's coverage queue leaves out.
+    offset: int = 0
+    warm_queued: tuple[str, ...] = ()
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         family = trial.suggest_categorical(FAMILY_KEY, list(self.families))
-        if trial.number == 0:  # every family gets a trial before the sampler has the say
-            for other in queued_families(self.families, family, self.points):
+        index = trial.number - self.offset
+        if index == 0:  # every family gets a trial before the sampler has the say
+            covered = (
+                queued_families(self.families, family, self.points)
+                if not self.warm_queued
+                else [other for other in self.families if other not in self.warm_queued]
+            )
+            for other in covered:
                 values = {f"{other}.{param}": value for param, value in self.points.get(other, {}).items()}
                 trial.study.enqueue_trial({FAMILY_KEY: other, **values})
         for param, distribution in self.spaces[family].items():
             _suggest(trial, f"{family}.{param}", distribution)
         constants = {f"{family}.{param}": value for param, value in self.constants[family].items()}
-        return {INDEX_KEY: trial.number, **constants}  # the index: 0, 1, 2, ... in the order trials are drawn
+        return {INDEX_KEY: index, **constants}  # the index: 0, 1, 2, ... in the order this search draws trials
 
 
 def queued_families(families: Sequence[str], drawn: str, points: Mapping[str, Any]) -> list[str]:
