@@ -15,7 +15,7 @@ from pipeline.config import Config
 from pipeline.cross_domain import RECORD_DIR
 from pipeline.errors import PipelineError
 from pipeline.evaluate import EVALUATION_FILE
-from pipeline.io import write_json_atomic
+from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.records import Evaluation, ScoredModel, read_record
 
 
@@ -86,8 +86,6 @@ def report(config: Config, experiments: list[str], out_path: Path | None) -> str
     text = markdown(rows)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        tmp.replace(out_path)
+        write_text_atomic(out_path, text)
         write_json_atomic(out_path.with_suffix(".json"), {"rows": rows})
     return text
