@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             "(protonet 20-way; finetune: class mini-batches); one model per family scores both shots.",
             "",
             f"Budget `{args.budget}` (meta-iterations per trial): {budget}. "
-            f"Omniglot: background/evaluation split, no rotations; synthetic: 400 classes of generated glyphs.",
+            "Omniglot: the omniglot source's default class split, no rotations; synthetic: 400 classes of "
+            "generated glyphs, 20 images each (the build's default split).",
             "",
             table,
             f"Regenerate: `{shlex.join(['nice', '-n', '10', 'learn2tune', 'bench', 'cross-domain', *argv])}`",
