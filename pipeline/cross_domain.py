@@ -36,6 +36,7 @@ from tasks import storage
 from tasks.errors import DatasetError
 from tasks.preprocess import prepare
 from tasks.say import Say as Out
+from tasks.storage import Location
 from tasks.store import DatasetStore, SplitStore
 
 RECORD_DIR = "cross_domain"
@@ -103,7 +104,7 @@ def convert_split(split: SplitStore, model_shape: tuple[int, int, int]) -> Split
     return dataclasses.replace(split, images=images)
 
 
-def record_path(config: Config, name: str):
+def record_path(config: Config, name: str) -> Location:
     """``<experiment dir>/cross_domain/<name>.json``."""
     return config.experiment_location.child(RECORD_DIR).child(f"{name}.json")
 
