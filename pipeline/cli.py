@@ -35,6 +35,7 @@ BENCHMARKS = {
     "data-sharing": "benchmarks.data_sharing",
     "fomaml-reference": "benchmarks.fomaml_reference",
     "gpu": "benchmarks.gpu_check",
+    "cross-domain": "benchmarks.cross_domain",
 }
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -112,9 +113,26 @@ def cmd_search(args: argparse.Namespace, out: Console) -> int:
 def cmd_evaluate(args: argparse.Namespace, out: Console) -> int:
     from pipeline.evaluate import evaluate
 
+    if args.on:  # cross-domain: another dataset's test split
+        from pipeline.cross_domain import evaluate_on
+
+        config = _config(args)
+        evaluate_on(config, args.on, out, stream=out.terminal)
+        report = f"learn2tune report cross-domain --experiments {config.name}"
+        out(f"\nnext, tabulate in-domain and cross-domain scores:\n  {report}")
+        return 0
     untrained = [name.strip() for name in args.untrained.split(",") if name.strip()] if args.untrained else []
     evaluate(_config(args), out, untrained=untrained, stream=out.terminal)
     out.next_step("register the winner in the MLflow Model Registry (alias candidate)", "register")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    from pipeline.cross_domain_report import report
+
+    experiments = [name.strip() for name in args.experiments.split(",") if name.strip()]
+    text = report(_config(args), experiments, Path(args.out) if args.out else None)
+    out(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}" if args.out else text)
     return 0
 
 
@@ -347,6 +365,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FAMILY[,FAMILY]",
         help="also score each family's best trial as the network it started from, before meta-training",
     )
+
+    evaluate.add_argument(
+        "--on", metavar="EXPERIMENT|DATASET_DIR", help="score on another dataset's test split (cross-domain)"
+    )
+    report = _command(
+        commands, "report", cmd_report, "tabulate scores: cross-domain (families x datasets)", positional_config=False
+    )
+    report.add_argument("kind", choices=["cross-domain"], help="the table to write")
+    report.add_argument("config", nargs="?", help="YAML config file (default: configs/quickstart.yaml)")
+    report.add_argument("--experiments", required=True, metavar="A,B,...", help="experiments to tabulate")
+    report.add_argument("--out", help="markdown file to write (JSON beside it); default: print")
 
     register = _command(commands, "register", cmd_register, "register the winner in the MLflow Model Registry")
     _register_flags(register)

@@ -89,7 +89,7 @@ def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: Te
     baselines = untrained_trials(finished, untrained, config.name)
     client = tracking.make_client(config.tracking.uri)
     parent_run_id = search.mlflow.parent_run_id
-    _check_run_exists(client, parent_run_id, config)
+    check_run_exists(client, parent_run_id, config)
 
     test = config.episodes.test
     primary = setting_key(*test.settings()[0])
@@ -115,7 +115,7 @@ def evaluate(config: Config, out: Out, untrained: Sequence[str] = (), stream: Te
     jobs = [(trial, False) for trial in candidates] + [(trial, True) for trial in baselines]
     try:
         for trial, fresh in jobs:
-            model, episodes = _evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
+            model, episodes = evaluate_trial(trial, fresh, test_split, config, device, out, record, seconds, stream)
             if model.seconds is not None:  # something new was scored
                 tracking.log_metrics(client, model.run_id, _metrics(model))
                 evaluation_artifacts.log_model_episodes(client, model, episodes, head.test_episodes)
@@ -174,7 +174,7 @@ def tasks_per_batch(spec: EpisodeSpec) -> int:
     return max(1, IMAGES_PER_BATCH // (spec.ways * spec.images_per_class))
 
 
-def _evaluate_trial(
+def evaluate_trial(
     trial: TrialRecord,
     fresh: bool,
     test_split,
@@ -258,7 +258,7 @@ def _metrics(model: ScoredModel) -> dict[str, float]:
     return metrics
 
 
-def _check_run_exists(client, run_id: str, config: Config) -> None:
+def check_run_exists(client, run_id: str, config: Config) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
