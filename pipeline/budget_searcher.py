@@ -4,13 +4,15 @@ Past the deadline :class:`BudgetSearcher` answers ``Searcher.FINISHED``, so Tune
 trial and the search ends when the running ones have (they end themselves at their next report).
 It reads the deadline from ``search_state.json`` once per driver process, not from itself: Tune
 restores a search (``--resume``) with the searcher pickled when the search began, whose deadline
-would be the first session's; the state file holds the resumed session's (:mod:`pipeline.time_budget`).
+would be the first session's; the state file holds the resumed session's budget and clock
+(:mod:`pipeline.time_budget`).
 Like Tune's own ConcurrencyLimiter it wraps the real searcher as ``searcher``, so Tune saves and
 restores that one (Optuna's study) as before.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -38,9 +40,9 @@ def cluster_slots(resources: Resources) -> int:
 class BudgetSearcher(Searcher):
     """``searcher``'s suggestions until the deadline in ``state_file`` has passed, then FINISHED."""
 
-    def __init__(self, searcher: Searcher, state_file: Location, budget_s: float) -> None:
+    def __init__(self, searcher: Searcher, state_file: Location) -> None:
         super().__init__(metric=searcher.metric, mode=searcher.mode)
-        self.searcher, self.state_file, self.budget_s = searcher, state_file, budget_s
+        self.searcher, self.state_file = searcher, state_file
         self._deadline: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -48,10 +50,8 @@ class BudgetSearcher(Searcher):
 
     def deadline(self) -> float:
         if self._deadline is None:
-            state = read_json(self.state_file, "")
-            budget = time_budget.budget_of(state, self.budget_s)
-            assert budget is not None
-            self._deadline = budget.deadline
+            budget = time_budget.budget_of(read_json(self.state_file, ""))
+            self._deadline = math.inf if budget is None else budget.deadline
         return self._deadline
 
     def suggest(self, trial_id: str) -> Any:  # a config, None (not now) or Searcher.FINISHED

@@ -47,6 +47,7 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     datasets.check_search_episodes(store, config)
     experiment = config.experiment_location
     state: dict[str, Any] | None = _interrupted_search(experiment) if resume else None
+    budget_s = time_budget.parse_budget(config.search.time_budget)
     tracking.check_server(config.tracking.uri)  # before Ray starts; a local store is created only below
     run_context.check_system_metrics(config.tracking.system_metrics)
     connect(config.ray.address, environ, config.ray.env_vars, out)
@@ -59,14 +60,15 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     inputs = dataset_inputs.search_inputs(store.manifest, config.dataset_location)  # the store may be shared now
     if state is None:
         _set_aside_previous(experiment, client, out)
-        state = {**_start_parent_run(client, config, store.fingerprint), **time_budget.new_clock(time.time())}
+        clock = time_budget.new_clock(budget_s, time.time())
+        state = {**_start_parent_run(client, config, store.fingerprint), **clock}
         tracking.log_dataset_report(client, state["parent_run_id"], store.manifest)
         dataset_inputs.log_inputs(client, [state["parent_run_id"]], inputs)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
-        state = {**state, **time_budget.resumed_clock(state, time_budget.last_saved(experiment), time.time())}
+        state = {**state, **time_budget.resumed_clock(state, budget_s, time_budget.last_saved(experiment), time.time())}
     write_json_atomic(experiment.child(STATE_FILE), state)
-    budget = time_budget.budget_of(state, time_budget.parse_budget(config.search.time_budget))
+    budget = time_budget.budget_of(state)
     experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
     study_name = study.study_name(client, parent_run_id)
     out(
@@ -227,7 +229,7 @@ def _fit(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=BudgetSearcher(searcher, experiment.child(STATE_FILE), budget.seconds) if budget else searcher,
+            search_alg=BudgetSearcher(searcher, experiment.child(STATE_FILE)) if budget else searcher,
             scheduler=ASHAScheduler(
                 time_attr="iteration",
                 metric=METRIC,

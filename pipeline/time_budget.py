@@ -7,10 +7,11 @@ stops within one report interval (``search.eval_every`` meta-iterations) of its 
 queues no trial beyond those the cluster can start at once (``search.max_concurrent``, else the
 cluster's room when the search starts), so no trial waits for a slot and starts past the deadline.
 
-``search_state.json`` keeps the clock: ``session_started`` (epoch seconds) and ``time_used_s``, the
-time the search's earlier sessions used. ``--resume`` adds the interrupted session's time, up to
-Tune's last save of its experiment state (every few seconds), and gives only what is left of the
-config's budget (which the resume may raise). No Ray here: the config checks parse budgets.
+``search_state.json`` keeps the clock: ``time_budget_s``, ``session_started`` (epoch seconds) and
+``time_used_s``, the time the search's earlier sessions used. ``--resume`` adds the interrupted
+session's time, up to Tune's last save of its experiment state (every few seconds), and gives only
+what is left of the config's budget (which the resume may change, but not add or drop: Tune restores
+the searcher the search began with). No Ray here: the config checks parse budgets.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from pipeline import tracking
 from pipeline.bar import duration
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from tasks.storage import Location
 
 FORMS = "null or a duration: 90s, 30m, 2h, 1h30m, or a number of seconds"
@@ -78,20 +79,30 @@ class Budget:
         return self.used_before + max(0.0, now - self.session_started)
 
 
-def new_clock(now: float) -> dict[str, float]:
-    """The clock fields of a new search's ``search_state.json`` (kept with or without a budget,
-    so a search started without one can be resumed with one)."""
-    return {"session_started": now, "time_used_s": 0.0}
+def new_clock(seconds: float | None, now: float) -> dict[str, float | None]:
+    """The clock fields of a new search's ``search_state.json`` (a budget of ``seconds``, or None)."""
+    return {"time_budget_s": seconds, "session_started": now, "time_used_s": 0.0}
 
 
-def resumed_clock(state: Mapping[str, Any], last_saved: float | None, now: float) -> dict[str, float]:
-    """The clock fields after ``--resume``: the interrupted session's time, up to ``last_saved``
-    (Tune's last experiment-state save), added to what the sessions before it used."""
+def resumed_clock(
+    state: Mapping[str, Any], seconds: float | None, last_saved: float | None, now: float
+) -> dict[str, float | None]:
+    """The clock fields after ``--resume`` with a budget of ``seconds``: the interrupted session's
+    time, up to ``last_saved`` (Tune's last experiment-state save), added to what the sessions before
+    it used. An error when the resume would add a budget to a search begun without one, or drop it."""
+    before = state.get("time_budget_s")
+    if (before is None) != (seconds is None):
+        given = f"with a time budget of {duration(seconds)}" if seconds is not None else "without a time budget"
+        began = f"with a time budget of {duration(before)}" if before is not None else "without a time budget"
+        raise PipelineError(
+            f"the interrupted search began {began}; it cannot be resumed {given} "
+            "(set search.time_budget as it was, or to another duration if it had one)"
+        )
     started = state.get("session_started")
     used = float(state.get("time_used_s", 0.0))
     if started is not None and last_saved is not None:
         used += max(0.0, last_saved - float(started))
-    return {"session_started": now, "time_used_s": used}
+    return {"time_budget_s": seconds, "session_started": now, "time_used_s": used}
 
 
 def last_saved(experiment: Location) -> float | None:
@@ -105,11 +116,11 @@ def last_saved(experiment: Location) -> float | None:
     return max(times, default=None)
 
 
-def budget_of(state: Mapping[str, Any], seconds: float | None) -> Budget | None:
-    """This session's clock for a budget of ``seconds`` (None without a budget)."""
-    if seconds is None:
+def budget_of(state: Mapping[str, Any]) -> Budget | None:
+    """This session's clock, from its ``search_state.json`` fields (None without a budget)."""
+    if state.get("time_budget_s") is None:
         return None
-    return Budget(seconds, float(state.get("time_used_s", 0.0)), float(state["session_started"]))
+    return Budget(float(state["time_budget_s"]), float(state["time_used_s"]), float(state["session_started"]))
 
 
 def spent(deadline: float | None, now: float) -> bool:
