@@ -254,9 +254,22 @@ def _config(args: argparse.Namespace) -> Config:
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     overrides = [parse_assignment(text) for text in args.set] + _flag_overrides(args)
-    config = load_config(path, overrides, cwd=Path.cwd(), environ=os.environ)
+    config = load_config(path, overrides + _lifted_trial_cap(args, path, overrides), cwd=Path.cwd(), environ=os.environ)
     check_storage(config)
     return config
+
+
+def _lifted_trial_cap(args: argparse.Namespace, path: Any, overrides: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``--time-budget`` without ``--trials``: no cap on trials (noted when the config had one)."""
+    from pipeline.config import load_config
+    from pipeline.time_budget import lifted_cap_note
+
+    if getattr(args, "time_budget", None) is None or args.trials is not None:
+        return []
+    note = lifted_cap_note(load_config(path, overrides, cwd=Path.cwd(), environ=os.environ).search.trials)
+    if note:
+        print(note, flush=True)
+    return [("search.trials", None)]
 
 
 def check_storage(config: Config) -> None:
@@ -298,6 +311,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "families": ("search.families", "list"),
     "backbones": ("search.backbones", "list"),
     "trials": ("search.trials", "scalar"),
+    "time_budget": ("search.time_budget", "scalar"),
     "max_iterations": ("search.max_iterations", "scalar"),
     "cpus_per_trial": ("search.resources.cpu", "scalar"),
     "gpus_per_trial": ("search.resources.gpu", "scalar"),
@@ -455,7 +469,10 @@ def _command(
 def _search_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--families", help="comma-separated learner families, or 'all'")
     parser.add_argument("--backbones", help="comma-separated backbones the searched families draw from, or 'all'")
-    parser.add_argument("--trials", help="number of trials")
+    parser.add_argument("--trials", help="number of trials (with --time-budget and no --trials: no cap)")
+    parser.add_argument(
+        "--time-budget", metavar="DURATION", help="the search's wall time (90s, 30m, 2h, 1h30m or seconds)"
+    )
     parser.add_argument("--max-iterations", help="meta-iterations per trial (ASHA max_t)")
     parser.add_argument("--cpus-per-trial", help="CPUs per trial")
     parser.add_argument("--gpus-per-trial", help="GPUs per trial (fractions share a GPU)")

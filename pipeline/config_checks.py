@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.config_model import Config, SearchConfig, grace_iterations
 from pipeline.errors import ConfigError
 from pipeline.study import check_storage_url
+from pipeline.time_budget import check_trial_cap, parse_budget
 from tasks import storage
 from tasks.build import validate_build_spec
 
@@ -39,6 +40,8 @@ def validate(config: Config) -> None:
 
 
 def _validate_search(search: SearchConfig) -> None:
+    parse_budget(search.time_budget)
+    check_trial_cap(search.trials, search.time_budget)
     grace = search.grace_iterations
     if isinstance(grace, float) and not grace < 1:
         raise ConfigError(

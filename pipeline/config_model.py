@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SkipValidation
 
 from pipeline.schema import Boolean, Count, Derived, Integer, ListOf, ListOrEmpty, Number, Section, Table, Text
+from pipeline.time_budget import FORMS
 from tasks import storage
 from tasks.build import BuildSpec
 from tasks.storage import Location
@@ -95,7 +96,7 @@ class SearchConfig(Section):
     families: ListOf[Text] = ("protonet", "maml")
     # the backbones the families that search `backbone` draw from (learners/backbones), or all
     backbones: ListOf[Text] = ("conv4",)
-    trials: Count = 8
+    trials: Count | None = 8  # null: no cap (needs search.time_budget)
     max_iterations: Count = 400
     # ASHA's grace period: meta-iterations, or a fraction of max_iterations; null: a quarter of them
     grace_iterations: Annotated[Number, Field(gt=0)] | None = None
@@ -113,6 +114,8 @@ class SearchConfig(Section):
     study_storage: Text | None = None
     # past searches seeding this one: MLflow experiment names, or auto (every finished search); null: none
     warm_start: Literal["auto"] | ListOf[Text] | None = None
+    # the search's wall time: 90s, 30m, 2h, 1h30m or seconds; then no new trial, running ones checkpoint and end
+    time_budget: Annotated[Text | Number | None, Field(description=FORMS)] = None
 
 
 class RayConfig(Section):

@@ -67,13 +67,14 @@ def meta_train(
     learner: Learner,
     episodes: TrainingEpisodes,
     schedule: Schedule,
-    on_report: Callable[[Report], None],
+    on_report: Callable[[Report], bool | None],
     start: int = 0,
     validation: Sequence[EpisodeBatch] = (),
 ) -> Report | None:
     """Meta-train ``learner`` from meta-iteration ``start + 1`` to ``schedule.iterations``.
 
-    ``on_report`` gets every report; ``validation`` is scored at each (through the evaluate stage's
+    ``on_report`` gets every report; when it returns true, training ends after that report (a
+    search's time budget is spent). ``validation`` is scored at each (through the evaluate stage's
     path). A non-finite loss raises :class:`FloatingPointError` naming the family and the meta-iteration.
     Returns the last report (None when ``start`` is already the last meta-iteration).
     """
@@ -100,5 +101,6 @@ def meta_train(
             checkpoint=last or (every is not None and iteration % every == 0),
         )
         window = []
-        on_report(report)
+        if on_report(report):
+            break
     return report

@@ -15,7 +15,8 @@ from pipeline.bar import duration, eta
 from pipeline.errors import error_reason
 from pipeline.space import FAMILY_KEY, INDEX_KEY, untried_families
 from pipeline.table import format_params
-from pipeline.trial_stops import MAX_ITERATIONS_KEY, stop_wording
+from pipeline.time_budget import deadline_of, left_wording
+from pipeline.trial_stops import MAX_ITERATIONS_KEY, TIME_BUDGET_KEY, stop_wording
 
 ERROR_FILE = "error.txt"  # Tune's file of a trial's tracebacks, one per failed attempt
 ENDED = ("TERMINATED", "ERROR")
@@ -23,7 +24,8 @@ ENDED = ("TERMINATED", "ERROR")
 
 class ProgressLines(Callback):
     """One line per trial start, val report, stop and error, printed by the driver; after each
-    trial that ends, how many of the search's ``trials`` are done and the ETA.
+    trial that ends, how many of the search's ``trials`` are done and the ETA (``trials`` None: no
+    cap, a time-budgeted search) and, in a budgeted search, how much of the budget is left.
 
     A failed trial's line gives the reason and where Tune saved the full traceback (Tune's own
     traceback dump is switched off by the search). With fewer trials than ``families``, the first
@@ -31,7 +33,7 @@ class ProgressLines(Callback):
     experiment (for ``Tuner.restore``): the clock restarts in ``setup``, which every fit calls.
     """
 
-    def __init__(self, trials: int, families: Sequence[str], points: Mapping[str, Any]) -> None:
+    def __init__(self, trials: int | None, families: Sequence[str], points: Mapping[str, Any]) -> None:
         self.trials, self.families, self.points = trials, tuple(families), dict(points)
         self._start, self._ended_here = time.monotonic(), 0
 
@@ -43,7 +45,7 @@ class ProgressLines(Callback):
         self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
     ) -> None:
         self._start, self._ended_here = time.monotonic(), 0
-        if self.trials < len(self.families):
+        if self.trials is not None and self.trials < len(self.families):
             self._out(
                 f"  note: {self.trials} trials for {len(self.families)} families: "
                 f"{len(self.families) - self.trials} families will not be tried (the first trial's family is the "
@@ -56,7 +58,7 @@ class ProgressLines(Callback):
             {k.split(".", 1)[-1]: v for k, v in trial.config.items() if k not in (FAMILY_KEY, INDEX_KEY)}
         )
         self._out(f"  [{trial.trial_id}] start {trial.config.get(FAMILY_KEY)} {params}")
-        if trial.config.get(INDEX_KEY) == 0 and self.trials < len(self.families):
+        if trial.config.get(INDEX_KEY) == 0 and self.trials is not None and self.trials < len(self.families):
             left_out = untried_families(self.families, trial.config[FAMILY_KEY], self.points, self.trials)
             self._out(f"  not tried ({self.trials} trials for {len(self.families)} families): {', '.join(left_out)}")
 
@@ -69,8 +71,10 @@ class ProgressLines(Callback):
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result.get("iteration", 0)
-        self._out(f"  [{trial.trial_id}] {stop_wording(last, trial.last_result.get(MAX_ITERATIONS_KEY, last))}")
+        result = trial.last_result
+        last = result.get("iteration", 0)
+        wording = stop_wording(last, result.get(MAX_ITERATIONS_KEY, last), bool(result.get(TIME_BUDGET_KEY)))
+        self._out(f"  [{trial.trial_id}] {wording}")
         self._count(trials, trial)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -89,15 +93,18 @@ class ProgressLines(Callback):
     def _count(self, trials: list, ended: Any) -> None:
         self._ended_here += 1
         done = 1 + sum(1 for t in trials if t is not ended and t.status in ENDED)
-        self._out(trials_done_line(done, self.trials, time.monotonic() - self._start, self._ended_here))
+        budget = left_wording(deadline_of(t.last_result for t in trials), time.time())
+        self._out(trials_done_line(done, self.trials, time.monotonic() - self._start, self._ended_here, budget))
 
 
-def trials_done_line(done: int, total: int, elapsed: float, ended_here: int) -> str:
+def trials_done_line(done: int, total: int | None, elapsed: float, ended_here: int, budget: str = "") -> str:
     """``3 of 8 trials done, 1m20s elapsed, ETA 2m13s``; the ETA at the pace of this session's
-    ``ended_here`` trials (a resumed search counts the trials an earlier one finished as done)."""
-    left = total - done
+    ``ended_here`` trials (a resumed search counts the trials an earlier one finished as done).
+    Uncapped (a time budget, ``budget``: ``budget 12m04s left``): ``3 of ? trials done, ...``."""
+    left = 0 if total is None else total - done
     pace = f", ETA {duration(eta(elapsed, ended_here, ended_here + left))}" if left > 0 else ""
-    return f"  {done} of {total} trials done, {duration(elapsed)} elapsed{pace}"
+    budget = f", {budget}" if budget else ""
+    return f"  {done} of {'?' if total is None else total} trials done, {duration(elapsed)} elapsed{pace}{budget}"
 
 
 def _reason(trial: Any) -> str:

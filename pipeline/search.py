@@ -14,9 +14,10 @@ import dataclasses
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from learners.registry import make_hparams
-from pipeline import dataset_inputs, datasets, run_context, search_artifacts, study, tracking, warm_start
+from pipeline import dataset_inputs, datasets, run_context, search_artifacts, study, time_budget, tracking, warm_start
 from pipeline.config import Config, grace_iterations
 from pipeline.errors import PipelineError, SearchFailed, SearchInterrupted, error_reason
 from pipeline.io import read_json, write_json_atomic
@@ -26,7 +27,7 @@ from pipeline.records import DatasetRef, MlflowRef, SearchResult, TrialRecord, V
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, ConditionalSpace, define_by_run, trial_hparams
 from pipeline.table import format_params, format_table
 from pipeline.trial_data import SharedDataset, share_dataset
-from pipeline.trial_stops import ERROR, stop_reason
+from pipeline.trial_stops import ERROR, TIME_BUDGET, TIME_BUDGET_KEY, stop_reason
 from tasks.say import Say as Out
 from tasks.storage import Location
 
@@ -45,7 +46,8 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     store = datasets.open_dataset(config)
     datasets.check_search_episodes(store, config)
     experiment = config.experiment_location
-    state = _interrupted_search(experiment) if resume else None
+    state: dict[str, Any] | None = _interrupted_search(experiment) if resume else None
+    budget_s = time_budget.parse_budget(config.search.time_budget)
     tracking.check_server(config.tracking.uri)  # before Ray starts; a local store is created only below
     run_context.check_system_metrics(config.tracking.system_metrics)
     connect(config.ray.address, environ, config.ray.env_vars, out)
@@ -59,27 +61,33 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     sources = warm_start.find_sources(client, config.search.warm_start) if state is None else []
     if state is None:
         _set_aside_previous(experiment, client, out)
-        state = _start_parent_run(client, config, store.fingerprint)
+        clock = time_budget.new_clock(budget_s, time.time())
+        state = {**_start_parent_run(client, config, store.fingerprint), **clock}
         tracking.log_dataset_report(client, state["parent_run_id"], store.manifest)
         dataset_inputs.log_inputs(client, [state["parent_run_id"]], inputs)
-        write_json_atomic(experiment.child(STATE_FILE), state)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
+        state = {**state, **time_budget.resumed_clock(state, budget_s, time_budget.last_saved(experiment), time.time())}
+    write_json_atomic(experiment.child(STATE_FILE), state)
+    budget = time_budget.budget_of(state)
     experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
     study_name = study.study_name(client, parent_run_id)
     space = _space(config)
     if config.search.warm_start and not resume:  # a resumed search continues its saved, seeded study
         space = warm_start.begin(client, sources, space, parent_run_id, study_name, config, out)
     out(
-        f"search {config.name}: {config.search.trials} trials over {', '.join(config.search.families)}, "
+        f"search {config.name}: {time_budget.trials_wording(config.search.trials, budget)} over "
+        f"{', '.join(config.search.families)}, "
         f"up to {config.search.max_iterations} meta-iterations each (MLflow parent run {parent_run_id})"
     )
     status = "FAILED"
     try:
         with quiet_tune_hints():  # the CLI prints the --resume command instead
-            grid = _fit(config, space, shared, inputs, experiment_id, parent_run_id, resume, study_name)
+            grid = _fit(config, space, shared, inputs, experiment_id, parent_run_id, resume, study_name, budget)
+            used = budget.used(time.time()) if budget else 0.0
             attempts = _failed_attempts(experiment)
-        if len(attempts) < config.search.trials or None in attempts.values():
+        short = len(attempts) < (config.search.trials or len(attempts) + 1)  # uncapped: only the budget ends it
+        if None in attempts.values() or short and not (budget and time_budget.spent(budget.deadline, time.time())):
             status = "KILLED"
             raise SearchInterrupted(
                 f"the search was interrupted; finish it with `learn2tune search --resume` "
@@ -90,6 +98,10 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
         write_json_atomic(experiment.child(RESULT_FILE), result.to_json())
         _log_on_parent(client, parent_run_id, result)
         _print_summary(result, out)
+        if budget:
+            by_budget = sum(t.stop_reason == TIME_BUDGET for t in trials)
+            out(time_budget.summary_line(budget, used, len(trials), by_budget))
+            time_budget.log_on_parent(client, parent_run_id, budget, used)
         search_artifacts.log_search_artifacts(client, parent_run_id, result, config, study_name, out)
         if not result.trials or all(t.error for t in result.trials):
             raise SearchFailed(f"all {len(result.trials)} trials failed; see the errors above")
@@ -176,11 +188,13 @@ def _fit(
     parent_run_id: str,
     resume: bool,
     study_name: str,
+    budget: time_budget.Budget | None,
 ):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from pipeline.budget_searcher import BudgetSearcher, cluster_slots
     from pipeline.progress import ProgressLines
     from pipeline.study_searcher import make_searcher
     from pipeline.trainable import TrialContext, train_trial
@@ -196,7 +210,7 @@ def _fit(
     context = TrialContext(
         config=config, experiment_id=experiment_id, parent_run_id=parent_run_id, shared=shared,
         run_tags=run_context.context_tags("search"),
-        inputs=tuple(inputs),
+        inputs=tuple(inputs), deadline=budget.deadline if budget else None,
     )  # fmt: skip
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),
@@ -210,16 +224,17 @@ def _fit(
             resume_errored=True,
             storage_filesystem=_tune_filesystem(experiment),
         ).fit()
+    searcher = make_searcher(
+        space,
+        METRIC,
+        config.seed,
+        search.study_storage or "",
+        study_name,
+    )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(
-                space,
-                METRIC,
-                config.seed,
-                search.study_storage or "",
-                study_name,
-            ),
+            search_alg=BudgetSearcher(searcher, experiment.child(STATE_FILE)) if budget else searcher,
             scheduler=ASHAScheduler(
                 time_attr="iteration",
                 metric=METRIC,
@@ -227,8 +242,9 @@ def _fit(
                 max_t=search.max_iterations,
                 grace_period=grace_iterations(search),
             ),
-            num_samples=search.trials,
-            max_concurrent_trials=search.max_concurrent,
+            num_samples=search.trials or -1,  # -1: no cap (a time budget ends the search)
+            # A budgeted search queues no trial beyond those that can start at once: none starts late.
+            max_concurrent_trials=search.max_concurrent or (cluster_slots(search.resources) if budget else None),
             reuse_actors=True,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
@@ -321,7 +337,9 @@ def _trial_record(
         final_checkpoint=trial_dir.at(result.checkpoint.path).uri if result.checkpoint else None,
         error=error_reason(result.error) if result.error else None,
         failed_attempts=attempts.get(trial_id) or 0,
-        stop_reason=ERROR if result.error else stop_reason(metrics.get("iteration", 0), config.search.max_iterations),
+        stop_reason=ERROR
+        if result.error
+        else stop_reason(metrics.get("iteration", 0), config.search.max_iterations, bool(metrics.get(TIME_BUDGET_KEY))),
         node_id=metrics.get(NODE_KEY),
         device=metrics.get("device"),
     )

@@ -26,7 +26,7 @@ from pipeline.plots import optimisation_history, parameter_importance
 from pipeline.records import SearchResult, TrialRecord
 from pipeline.space import searched_space
 from pipeline.table import format_params
-from pipeline.trial_stops import ASHA
+from pipeline.trial_stops import ASHA, TIME_BUDGET
 from tasks.say import Say as Out
 
 if TYPE_CHECKING:
@@ -62,8 +62,11 @@ def log_search_artifacts(
 
 
 def trial_status(trial: TrialRecord) -> str:
-    """``error``, ``ASHA stop`` (cut at a rung) or ``ok``: the summary's and the trials table's status column."""
-    return "error" if trial.error else "ASHA stop" if trial.stop_reason == ASHA else "ok"
+    """``error``, ``ASHA stop`` (cut at a rung), ``time budget`` (ended, with a checkpoint, when the search's
+    budget ran out) or ``ok``: the summary's and the trials table's status column."""
+    if trial.error:
+        return "error"
+    return {ASHA: "ASHA stop", TIME_BUDGET: "time budget"}.get(trial.stop_reason or "", "ok")
 
 
 def trials_table(trials: Sequence[TrialRecord]) -> dict[str, list[Any]]:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from ray import tune
 from learners.base import Learner
 from learners.checkpoint import fresh_learner, load_learner, save_learner
 from learners.registry import make_hparams
-from pipeline import run_context, tracking
+from pipeline import run_context, time_budget, tracking
 from pipeline.config import Config
 from pipeline.dataset_inputs import SplitInput, log_inputs
 from pipeline.device import TrialDevice, trial_device
@@ -37,7 +38,7 @@ from pipeline.meta_training import Report, Schedule, TrainingEpisodes, meta_trai
 from pipeline.placement import DEVICE_ERROR_TAG, device_tags, gpu_ids, placement_tags
 from pipeline.space import FAMILY_KEY, INDEX_KEY, NODE_KEY, trial_hparams
 from pipeline.trial_data import SharedDataset, TrialDataset, trial_dataset
-from pipeline.trial_stops import BEST_METRIC, MAX_ITERATIONS_KEY
+from pipeline.trial_stops import BEST_METRIC, MAX_ITERATIONS_KEY, TIME_BUDGET_KEY
 from tasks.episodes import EpisodeSpec
 from tasks.sampler import fixed_episodes
 
@@ -54,6 +55,8 @@ class TrialContext:
     shared: SharedDataset | None = None  # the dataset in Ray's object store (search.data: object-store)
     run_tags: Mapping[str, str] = field(default_factory=dict)  # where the search came from (run_context)
     inputs: tuple[SplitInput, ...] = ()  # the splits a trial trains and validates on
+    # epoch seconds past which a trial checkpoints and ends at its next report (search.time_budget)
+    deadline: float | None = None
 
 
 def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
@@ -83,7 +86,7 @@ def train_trial(trial_config: dict[str, Any], context: TrialContext) -> None:
         if start:
             client.set_tag(run_id, RESTORED_TAG, str(start))
         with run_context.system_metrics(config.tracking.system_metrics, config.tracking.uri, run_id):
-            _train(learner, start, store, config, seed, client, run_id, family, device)
+            _train(learner, start, store, config, seed, client, run_id, family, device, context.deadline)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -131,6 +134,7 @@ def _train(
     run_id: str,
     family: str,
     device_used: TrialDevice,
+    deadline: float | None,
 ) -> None:
     search, episodes = config.search, config.episodes
     target = EpisodeSpec(episodes.train.ways, episodes.train.shots, episodes.train.query)
@@ -139,8 +143,10 @@ def _train(
     training = TrainingEpisodes(store.split("train"), target, episodes.meta_batch, sampler_seed)
     val_batches = list(fixed_episodes(store.split("val"), target, episodes.val.episodes, seed=config.seed))
     placement = {"device": str(device_used.device), NODE_KEY: ray.get_runtime_context().get_node_id()}
-    fields = {**placement, FAMILY_KEY: family, MAX_ITERATIONS_KEY: search.max_iterations}
-    reports = TuneReports(learner, client, run_id, fields, device_used.warning)
+    fields: dict[str, object] = {**placement, FAMILY_KEY: family, MAX_ITERATIONS_KEY: search.max_iterations}
+    if deadline is not None:
+        fields[time_budget.DEADLINE_KEY] = deadline
+    reports = TuneReports(learner, client, run_id, fields, device_used.warning, deadline)
     if start:  # a restarted trial: the best so far is on its run
         reports.best = client.get_run(run_id).data.metrics.get(BEST_METRIC)
     schedule = Schedule(search.max_iterations, search.eval_every, search.checkpoint_every)
@@ -154,16 +160,27 @@ class TuneReports:
     ``val_accuracy_best`` goes beside ``val_accuracy``: the best at a checkpoint so far, the
     figure the search ranks the trial by. Once the driver has ended the run (ASHA stopped the
     trial while it kept training towards its next report), nothing more is logged to it.
+    Past the search's ``deadline`` a report is checkpointed and ends the trial (returns True).
     """
 
     def __init__(
-        self, learner: Learner, client: MlflowClient, run_id: str, fields: Mapping[str, object], warning: str | None
+        self,
+        learner: Learner,
+        client: MlflowClient,
+        run_id: str,
+        fields: Mapping[str, object],
+        warning: str | None,
+        deadline: float | None = None,
     ) -> None:
         self.learner, self.client, self.run_id, self.fields = learner, client, run_id, fields
         self.warning = warning  # goes with this attempt's first report only
+        self.deadline = deadline
         self.best: float | None = None
 
-    def __call__(self, report: Report) -> None:
+    def __call__(self, report: Report) -> bool:
+        ending = time_budget.spent(self.deadline, time.time())
+        if ending:
+            report = dataclasses.replace(report, checkpoint=True)
         curves = {"loss": report.loss, "train_accuracy": report.train_accuracy}
         if report.val_accuracy is not None:
             curves["val_accuracy"] = report.val_accuracy
@@ -175,10 +192,12 @@ class TuneReports:
             tracking.log_metrics(self.client, self.run_id, curves, report.iteration)
         warning = {"device_warning": self.warning} if self.warning else {}
         self.warning = None
-        fields = {"iteration": report.iteration, **curves, **self.fields, **warning}
+        stop = {TIME_BUDGET_KEY: True} if ending else {}
+        fields = {"iteration": report.iteration, **curves, **self.fields, **warning, **stop}
         if not report.checkpoint:
             tune.report(fields)
-            return
+            return ending
         with tempfile.TemporaryDirectory(prefix="learn2tune-ckpt-") as directory:
             save_learner(self.learner, directory, {"iteration": report.iteration})
             tune.report(fields, checkpoint=tune.Checkpoint.from_directory(directory))
+        return ending

@@ -6,6 +6,7 @@ in its worker and cannot end its own run. How it ended is the run's status, a
 
 - ``max_iterations``: FINISHED, it trained to ``search.max_iterations``;
 - ``asha``: FINISHED, "stopped early by ASHA at 100 of 300 iterations";
+- ``time_budget``: FINISHED, "ended by the time budget at 150 of 5000 iterations (checkpoint saved)";
 - ``error``: FAILED, after its last attempt.
 
 Runs of trials a Ctrl+C interrupts are left to the search, which ends them KILLED.
@@ -19,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from pipeline import tracking
-from pipeline.trial_stops import BEST_METRIC, DESCRIPTION_TAG, ERROR, STOP_REASON_TAG, stop_reason, stop_wording
+from pipeline.trial_stops import (
+    BEST_METRIC,
+    DESCRIPTION_TAG,
+    ERROR,
+    STOP_REASON_TAG,
+    TIME_BUDGET_KEY,
+    stop_reason,
+    stop_wording,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -44,9 +53,10 @@ class TrialRunEnds(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = int(trial.last_result.get("iteration", 0))
-        reason = stop_reason(last, self.max_iterations)
+        by_budget = bool(trial.last_result.get(TIME_BUDGET_KEY))
+        reason = stop_reason(last, self.max_iterations, by_budget)
         best = trial.last_result.get(BEST_METRIC)
-        wording = stop_wording(last, self.max_iterations)
+        wording = stop_wording(last, self.max_iterations, by_budget)
         if best is not None:
             wording += f"; best val_accuracy {best:.4f}"
         self._end(trial.trial_id, "FINISHED", reason, wording)
