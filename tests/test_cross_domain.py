@@ -17,19 +17,19 @@ name: src
 seed: 1
 workdir: {root}/runs
 tracking: {{uri: "sqlite:///{root}/mlflow.db"}}
-data: {{synthetic_classes: 40, synthetic_images_per_class: 10}}
+data: {{synthetic_classes: 40, synthetic_images_per_class: 8}}
 episodes:
   train: {{ways: 5, shots: 1, query: 5}}
   meta_batch: 2
-  val: {{episodes: 10}}
-  test: {{ways: [5], shots: [1], query: 5, episodes: 30}}
+  val: {{episodes: 5}}
+  test: {{ways: [5], shots: [1], query: 5, episodes: 20}}
 search:
   families: [protonet]
   trials: 1
-  max_iterations: 20
-  grace_iterations: 20
-  eval_every: 20
-  checkpoint_every: 20
+  max_iterations: 10
+  grace_iterations: 10
+  eval_every: 10
+  checkpoint_every: 10
   fixed:
     protonet: {{width: 8, train_ways: 0}}
 """
@@ -82,7 +82,7 @@ def test_record_file_holds_each_models_scores_on_the_target(crossed):
     assert record["complete"] and record["dataset"]["fingerprint"] != ""
     (model,) = record["models"]
     result = model["results"]["5w1s"]
-    assert result["episodes"] == 30
+    assert result["episodes"] == 20
     run = client.get_run(model["run_id"])
     assert run.data.metrics["test_acc_colour36_5w1s"] == pytest.approx(result["accuracy"], rel=1e-6)
 
