@@ -35,6 +35,7 @@ BENCHMARKS = {
     "data-sharing": "benchmarks.data_sharing",
     "fomaml-reference": "benchmarks.fomaml_reference",
     "gpu": "benchmarks.gpu_check",
+    "warm-start": "benchmarks.warm_start",
 }
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
