@@ -32,6 +32,7 @@ OMNIGLOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "omn
 OMNIGLOT_ZIPS = ("images_background.zip", "images_evaluation.zip")
 BUDGETS: dict[str, dict[str, int]] = {  # trials, iterations per trial, val and test episodes
     "smoke": {"trials": 2, "iterations": 10, "val": 10, "test": 20},
+    "small": {"trials": 3, "iterations": 20, "val": 30, "test": 100},  # what ran under a load of ~15 on 2 cores
     "default": {"trials": 5, "iterations": 60, "val": 50, "test": 200},
     "large": {"trials": 20, "iterations": 300, "val": 100, "test": 600},
 }
