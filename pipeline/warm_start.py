@@ -95,7 +95,7 @@ def past_trials(client: MlflowClient, source: Source) -> list[Mapping[str, Any]]
         return list(json.loads(Path(path).read_text()).get("trials", []))
 
 
-def prepare(sources: list[Source], history: list[Mapping[str, Any]], space: ConditionalSpace) -> WarmStart:
+def prepare(sources: list[Source], history: Sequence[Mapping[str, Any]], space: ConditionalSpace) -> WarmStart:
     """``history`` (the past trials of ``sources``) converted to ``space``, and the best per family to queue."""
     warm = WarmStart(sources)
     best: dict[str, tuple[float, dict[str, Any]]] = {}
