@@ -36,6 +36,7 @@ BENCHMARKS = {
     "fomaml-reference": "benchmarks.fomaml_reference",
     "gpu": "benchmarks.gpu_check",
     "cross-domain": "benchmarks.cross_domain",
+    "warm-start": "benchmarks.warm_start",
 }
 SPEED_BENCHMARKS = ("sampler", "maml", "families", "serving")
 EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130

@@ -95,22 +95,21 @@ def past_trials(client: MlflowClient, source: Source) -> list[Mapping[str, Any]]
         return list(json.loads(Path(path).read_text()).get("trials", []))
 
 
-def prepare(client: MlflowClient, sources: list[Source], space: ConditionalSpace) -> WarmStart:
-    """The past trials of ``sources`` converted to ``space``, and the best per family to queue."""
+def prepare(sources: list[Source], history: Sequence[Mapping[str, Any]], space: ConditionalSpace) -> WarmStart:
+    """``history`` (the past trials of ``sources``) converted to ``space``, and the best per family to queue."""
     warm = WarmStart(sources)
     best: dict[str, tuple[float, dict[str, Any]]] = {}
-    for source in sources:
-        for past in past_trials(client, source):
-            if past.get("val_accuracy") is None:
-                continue
-            converted = convert(past, space)
-            if isinstance(converted, str):
-                warm.skipped[converted] += 1
-                continue
-            warm.trials.append(converted)
-            family, value = past["family"], float(past["val_accuracy"])
-            if family not in best or value > best[family][0]:
-                best[family] = (value, dict(converted.params))
+    for past in history:
+        if past.get("val_accuracy") is None:  # failed or stopped before its first evaluation
+            continue
+        converted = convert(past, space)
+        if isinstance(converted, str):
+            warm.skipped[converted] += 1
+            continue
+        warm.trials.append(converted)
+        family, value = past["family"], float(past["val_accuracy"])
+        if family not in best or value > best[family][0]:
+            best[family] = (value, dict(converted.params))
     for family, (_, params) in sorted(best.items(), key=lambda item: -item[1][0]):
         points = {f"{family}.{knob}": value for knob, value in space.points.get(family, {}).items()}
         warm.queued.append({**params, **points})
@@ -219,7 +218,7 @@ def begin(
     one line; returns ``space`` counting its trials from the search's own first one."""
     from pipeline.study import open_storage
 
-    warm = prepare(client, sources, space)
+    warm = prepare(sources, [past for source in sources for past in past_trials(client, source)], space)
     offset = seed_study(warm, open_storage(config.search.study_storage or ""), study_name, config.seed)
     record(client, run_id, warm)
     out(summary_line(warm))

@@ -196,6 +196,11 @@ MISTAKES = [
         "postgresql://host/db, got 'optuna.db' (Could not parse SQLAlchemy URL from given URL string)",
     ),
     Mistake(
+        "config-warm-start-unknown-experiment", "warm-starts a search from an experiment the tracking store lacks",
+        "learn2tune search {config} --warm-start nope",
+        "config error: search.warm_start names 'nope', not an MLflow experiment in this tracking store; it has: ",
+    ),
+    Mistake(
         "config-malformed-yaml", "leaves a brace open in the config file",
         "learn2tune search {tmp}/broken.yaml",
         "config error: {tmp}/broken.yaml is not valid YAML (line 3): expected ',' or '}}'",

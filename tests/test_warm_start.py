@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.space import FAMILY_KEY, INDEX_KEY, define_by_run
-from pipeline.warm_start import NO_KNOB, NOT_SEARCHED, OUTSIDE, convert, find_sources
+from pipeline.warm_start import NO_KNOB, NOT_SEARCHED, OUTSIDE, Source, convert, find_sources, prepare
 
 CONFIG = """\
 name: {name}
@@ -136,3 +137,22 @@ def test_conversion_checks_family_knobs_and_ranges_against_the_current_space():
     ) == (
         OUTSIDE  # the space sets conv4
     )
+
+
+def test_the_best_past_trial_per_family_is_queued_best_first_with_the_configs_points_winning():
+    space = define_by_run(("protonet", "maml"), {"maml": {"width": 16}}, {"maml": {"inner_lr": 0.4}})
+    maml = {"meta_lr": 1e-3, "inner_lr": 0.1, "inner_steps": 1, "depth": 3}
+    protonet = {"lr": 1e-3, "width": 32, "depth": 3, "train_ways": 0, "distance": "cosine"}
+    history: list[dict[str, Any]] = [
+        {"family": "protonet", "params": protonet, "val_accuracy": 0.6},
+        {"family": "protonet", "params": {**protonet, "lr": 2e-3}, "val_accuracy": 0.7},
+        {"family": "maml", "params": maml, "val_accuracy": 0.8},
+        {"family": "maml", "params": {**maml, "inner_lr": 5.0}, "val_accuracy": 0.9},  # outside Float(1e-2, 1.0)
+        {"family": "relation", "params": {}, "val_accuracy": 0.9},
+        {"family": "maml", "params": maml, "val_accuracy": None},  # never evaluated: neither added nor skipped
+    ]
+    warm = prepare([Source("past", "run")], history, space)
+    assert len(warm.trials) == 3 and warm.skipped == {OUTSIDE: 1, NOT_SEARCHED: 1}
+    assert [q[FAMILY_KEY] for q in warm.queued] == ["maml", "protonet"]  # by past accuracy
+    assert warm.queued[0]["maml.inner_lr"] == 0.4 and warm.queued[0]["maml.meta_lr"] == 1e-3  # the point wins
+    assert warm.queued[1]["protonet.lr"] == 2e-3
