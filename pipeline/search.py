@@ -48,6 +48,8 @@ def search(config: Config, out: Out, environ: Mapping[str, str], resume: bool = 
     experiment = config.experiment_location
     state: dict[str, Any] | None = _interrupted_search(experiment) if resume else None
     budget_s = time_budget.parse_budget(config.search.time_budget)
+    if state is not None:
+        time_budget.check_resume(state, budget_s)
     tracking.check_server(config.tracking.uri)  # before Ray starts; a local store is created only below
     run_context.check_system_metrics(config.tracking.system_metrics)
     connect(config.ray.address, environ, config.ray.env_vars, out)

@@ -89,15 +89,8 @@ def resumed_clock(
 ) -> dict[str, float | None]:
     """The clock fields after ``--resume`` with a budget of ``seconds``: the interrupted session's
     time, up to ``last_saved`` (Tune's last experiment-state save), added to what the sessions before
-    it used. An error when the resume would add a budget to a search begun without one, or drop it."""
-    before = state.get("time_budget_s")
-    if (before is None) != (seconds is None):
-        given = f"with a time budget of {duration(seconds)}" if seconds is not None else "without a time budget"
-        began = f"with a time budget of {duration(before)}" if before is not None else "without a time budget"
-        raise PipelineError(
-            f"the interrupted search began {began}; it cannot be resumed {given} "
-            "(set search.time_budget as it was, or to another duration if it had one)"
-        )
+    it used (:func:`check_resume` first)."""
+    check_resume(state, seconds)
     started = state.get("session_started")
     used = float(state.get("time_used_s", 0.0))
     if started is not None and last_saved is not None:
@@ -114,6 +107,18 @@ def last_saved(experiment: Location) -> float | None:
             if mtime is not None:
                 times.append(mtime.timestamp())
     return max(times, default=None)
+
+
+def check_resume(state: Mapping[str, Any], seconds: float | None) -> None:
+    """An error when a resume would add a budget to a search begun without one, or drop it."""
+    before = state.get("time_budget_s")
+    if (before is None) != (seconds is None):
+        given = f"with a time budget of {duration(seconds)}" if seconds is not None else "without a time budget"
+        began = f"with a time budget of {duration(before)}" if before is not None else "without a time budget"
+        raise PipelineError(
+            f"the interrupted search began {began}; it cannot be resumed {given} "
+            "(set search.time_budget as it was, or to another duration if it had one)"
+        )
 
 
 def budget_of(state: Mapping[str, Any]) -> Budget | None:

@@ -84,6 +84,24 @@ def test_cli_time_budget_without_trials_lifts_the_cap_and_says_so(tmp_path, caps
     assert "search.time_budget must be null or a duration" in capsys.readouterr().err
 
 
+def test_resume_gives_the_rest_of_the_budget_and_keeps_having_one():
+    from pipeline.errors import PipelineError
+    from pipeline.time_budget import budget_of, new_clock, resumed_clock
+
+    first = {"experiment_id": "1", **new_clock(600.0, now=1000.0)}
+    # killed at 1100 (Tune last saved its state at 1090), resumed at 5000 with the budget raised
+    resumed = resumed_clock(first, 900.0, last_saved=1090.0, now=5000.0)
+    budget = budget_of({**first, **resumed})
+    assert budget and budget.used_before == 90.0 and budget.deadline == 5000.0 + 900.0 - 90.0
+    assert budget.used(5100.0) == 190.0
+    with pytest.raises(PipelineError, match="began with a time budget of 10m00s; it cannot be resumed without"):
+        resumed_clock(first, None, last_saved=1090.0, now=5000.0)
+    unbudgeted = new_clock(None, now=1000.0)
+    assert budget_of(unbudgeted) is None
+    with pytest.raises(PipelineError, match="began without a time budget; it cannot be resumed with"):
+        resumed_clock(unbudgeted, 60.0, last_saved=None, now=2000.0)
+
+
 @pytest.fixture(scope="module")
 def budgeted_search(tmp_path_factory, pipeline_ray):
     """A finished budgeted search: its root, output, MLflow client, result and state files."""
