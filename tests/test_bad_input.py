@@ -182,7 +182,7 @@ MISTAKES = [
     Mistake(
         "config-wrong-type", "gives a word where a number goes",
         "learn2tune search {config} --trials few",
-        "config error: search.trials must be an integer >= 1, got 'few'",
+        "config error: search.trials must be null or an integer >= 1, got 'few'",
     ),
     Mistake(
         "config-unknown-data-path", "names a way for trials to get the dataset that does not exist",
