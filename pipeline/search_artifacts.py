@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from learners.space import Choice, Distribution, Float, Int
 from pipeline import pareto, study
 from pipeline.config import Config
 from pipeline.plots import optimisation_history, parameter_importance
 from pipeline.records import SearchResult, TrialRecord
-from pipeline.space import searched_space
+from pipeline.space import optuna_distribution, searched_space
 from pipeline.table import format_params
 from pipeline.trial_stops import ASHA, TIME_BUDGET
 from tasks.say import Say as Out
@@ -107,7 +106,7 @@ def family_importances(
         if len(scored) < MIN_TRIALS_FOR_IMPORTANCE or not space:
             continue
         family_study = optuna.create_study(direction="maximize")
-        distributions = {name: _optuna_distribution(d) for name, d in space.items()}
+        distributions = {name: optuna_distribution(d) for name, d in space.items()}
         family_study.add_trials(
             [
                 optuna.trial.create_trial(
@@ -121,15 +120,3 @@ def family_importances(
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
         importances[family] = optuna.importance.get_param_importances(family_study, evaluator=evaluator)
     return importances
-
-
-def _optuna_distribution(distribution: Distribution):
-    import optuna
-
-    if isinstance(distribution, Float):
-        return optuna.distributions.FloatDistribution(distribution.low, distribution.high, log=distribution.log)
-    if isinstance(distribution, Int):
-        return optuna.distributions.IntDistribution(distribution.low, distribution.high, log=distribution.log)
-    if isinstance(distribution, Choice):
-        return optuna.distributions.CategoricalDistribution(list(distribution.options))
-    raise TypeError(f"unsupported search distribution {distribution!r}")

@@ -169,6 +169,19 @@ def trial_hparams(trial_config: Mapping[str, Any], fixed: Mapping[str, Mapping[s
     return {**searched, **fixed.get(family, {})}
 
 
+def optuna_distribution(distribution: Distribution):
+    """The Optuna distribution ``pipeline.space`` suggests for ``distribution``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(distribution, Float):
+        return FloatDistribution(distribution.low, distribution.high, log=distribution.log)
+    if isinstance(distribution, Int):
+        return IntDistribution(distribution.low, distribution.high, log=distribution.log)
+    if isinstance(distribution, Choice):
+        return CategoricalDistribution(list(distribution.options))
+    raise TypeError(f"unsupported search distribution {distribution!r}")
+
+
 def _suggest(trial: Any, name: str, distribution: Distribution) -> None:
     if isinstance(distribution, Float):
         trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from learners.space import Choice, Distribution, Float, Int
 from pipeline.errors import ConfigError
-from pipeline.space import FAMILY_KEY, ConditionalSpace, contains
+from pipeline.space import FAMILY_KEY, ConditionalSpace, contains, optuna_distribution
 from pipeline.tracking import ROLE_TAG, log_metrics, set_tags
 
 if TYPE_CHECKING:
@@ -138,19 +137,6 @@ def convert(past: Mapping[str, Any], space: ConditionalSpace) -> FrozenTrial | s
     if any(knob in given and given[knob] != value for knob, value in space.constants[family].items()):
         return OUTSIDE  # e.g. another backbone than the one this search sets
     return optuna.trial.create_trial(params=params, distributions=distributions, value=float(past["val_accuracy"]))
-
-
-def optuna_distribution(distribution: Distribution) -> BaseDistribution:
-    """The Optuna distribution ``pipeline.space`` suggests for ``distribution``."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if isinstance(distribution, Float):
-        return FloatDistribution(distribution.low, distribution.high, log=distribution.log)
-    if isinstance(distribution, Int):
-        return IntDistribution(distribution.low, distribution.high, log=distribution.log)
-    if isinstance(distribution, Choice):
-        return CategoricalDistribution(list(distribution.options))
-    raise TypeError(f"unsupported search distribution {distribution!r}")
 
 
 def seed_study(warm: WarmStart, storage: Any, study_name: str, seed: int) -> int:
