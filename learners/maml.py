@@ -67,11 +67,11 @@ AUTO_POLICY = AutoPolicy(untimed=("split-compiled", "split", "loop"), timed=PATH
 
 
 @dataclass(frozen=True)
-class MAMLHyperparams(BackboneHyperparams):
-    """Shared by MAML and FOMAML."""
+class InnerLoopHyperparams(BackboneHyperparams):
+    """What every learner built on :class:`MAML` sets (MAML, FOMAML, Meta-SGD): the outer Adam step,
+    the inner loop's length in training and at test time, the network and the meta-gradient path."""
 
     meta_lr: float = 1e-3
-    inner_lr: float = 0.4
     inner_steps: int = 1
     test_inner_steps: int = 10
     downsample: Downsample = "stride"
@@ -81,13 +81,23 @@ class MAMLHyperparams(BackboneHyperparams):
     def validate(self) -> None:
         super().validate()
         positive("meta_lr", self.meta_lr)
-        positive("inner_lr", self.inner_lr)
         at_least("inner_steps", self.inner_steps, 1)
         at_least("test_inner_steps", self.test_inner_steps, 1)
         one_of("downsample", self.downsample, DOWNSAMPLES)
         path_or_auto("path", self.path, PATHS)
         size_or_unset("memory_limit", self.memory_limit)
         no_dropblock("dropblock", self.dropblock)
+
+
+@dataclass(frozen=True)
+class MAMLHyperparams(InnerLoopHyperparams):
+    """Shared by MAML and FOMAML: one scalar inner step size."""
+
+    inner_lr: float = 0.4
+
+    def validate(self) -> None:
+        super().validate()
+        positive("inner_lr", self.inner_lr)
 
 
 class MAML(Learner):

@@ -32,38 +32,26 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from learners.backbones.conv4 import DOWNSAMPLES, Downsample
-from learners.base import BackboneHyperparams
-from learners.hparam_checks import at_least, no_dropblock, one_of, path_or_auto, positive, size_or_unset
-from learners.maml import MAML
-from learners.meta_gradient import PATHS, InnerLR
+from learners.hparam_checks import at_least
+from learners.maml import MAML, InnerLoopHyperparams
+from learners.meta_gradient import InnerLR
 from learners.space import Choice, Float, Int
 
 
 @dataclass(frozen=True)
-class MetaSGDHyperparams(BackboneHyperparams):
-    meta_lr: float = 1e-3
+class MetaSGDHyperparams(InnerLoopHyperparams):
+    """MAML's, with the range ``α`` starts in instead of ``inner_lr``; one test-time step, as trained."""
+
     alpha_low: float = 0.005
     alpha_high: float = 0.1
-    inner_steps: int = 1
     test_inner_steps: int = 1
     first_order: bool = False
-    downsample: Downsample = "stride"
-    path: str = "auto"
-    memory_limit: str = ""  # as MAML's
 
     def validate(self) -> None:
         super().validate()
-        positive("meta_lr", self.meta_lr)
         at_least("alpha_low", self.alpha_low, 0)
         if self.alpha_high < self.alpha_low:
             raise ValueError(f"alpha_high must be >= alpha_low ({self.alpha_low:g}), got {self.alpha_high!r}")
-        at_least("inner_steps", self.inner_steps, 1)
-        at_least("test_inner_steps", self.test_inner_steps, 1)
-        one_of("downsample", self.downsample, DOWNSAMPLES)
-        path_or_auto("path", self.path, PATHS)
-        size_or_unset("memory_limit", self.memory_limit)
-        no_dropblock("dropblock", self.dropblock)
 
 
 class MetaSGD(MAML):

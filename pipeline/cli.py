@@ -308,7 +308,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "path": ("data.path", "text"),
     "split": ("data.split", "text"),
     "rotations": ("data.rotations", "true"),
-    "out": ("data.dir", "text"),
+    "dataset_dir": ("data.dir", "text"),  # build --out
     "families": ("search.families", "list"),
     "backbones": ("search.backbones", "list"),
     "trials": ("search.trials", "scalar"),
@@ -366,7 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--path", help="source location (Omniglot zips or directory, image folder)")
     build.add_argument("--split", help="class split: random | by-alphabet | csv (default: the source's)")
     build.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotations as new classes")
-    build.add_argument("--out", help="dataset directory (default: <workdir>/datasets/<name>)")
+    build.add_argument("--out", dest="dataset_dir", help="dataset directory (default: <workdir>/datasets/<name>)")
     build.add_argument("--overwrite", action="store_true", help="replace a dataset built with other settings")
 
     search = _command(commands, "search", cmd_search, "search learner families and hyperparameters with Ray Tune")

@@ -36,8 +36,8 @@ class Invocation:
             carried += ["--experiment", args.experiment]
         for assignment in getattr(args, "set", []):
             carried += ["--set", assignment]
-        if getattr(args, "out", None):  # build's --out is data.dir for the stages after it
-            carried += ["--set", f"data.dir={args.out}"]
+        if getattr(args, "dataset_dir", None):  # build's --out is data.dir for the stages after it
+            carried += ["--set", f"data.dir={args.dataset_dir}"]
         return cls(tuple(argv), getattr(args, "config", None), tuple(carried), getattr(args, "model_name", None))
 
     def command(self, stage: str, *flags: str) -> str:

@@ -33,8 +33,11 @@ class ProgressLines(Callback):
     experiment (for ``Tuner.restore``): the clock restarts in ``setup``, which every fit calls.
     """
 
-    def __init__(self, trials: int | None, families: Sequence[str], points: Mapping[str, Any]) -> None:
+    def __init__(
+        self, trials: int | None, families: Sequence[str], points: Mapping[str, Any], warm_queued: Sequence[str] = ()
+    ) -> None:
         self.trials, self.families, self.points = trials, tuple(families), dict(points)
+        self.warm_queued = tuple(warm_queued)  # a warm-started search's families queued from past searches
         self._start, self._ended_here = time.monotonic(), 0
 
     @staticmethod
@@ -46,11 +49,15 @@ class ProgressLines(Callback):
     ) -> None:
         self._start, self._ended_here = time.monotonic(), 0
         if self.trials is not None and self.trials < len(self.families):
+            first = (
+                "the families queued from past searches go first"
+                if self.warm_queued
+                else ("the first trial's family is the sampler's draw")
+            )
             self._out(
                 f"  note: {self.trials} trials for {len(self.families)} families: "
-                f"{len(self.families) - self.trials} families will not be tried (the first trial's family is the "
-                f"sampler's draw, each next trial takes one not tried yet); --trials {len(self.families)} "
-                "(search.trials) tries every family"
+                f"{len(self.families) - self.trials} families will not be tried ({first}, each next trial takes "
+                f"one not tried yet); --trials {len(self.families)} (search.trials) tries every family"
             )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -59,7 +66,9 @@ class ProgressLines(Callback):
         )
         self._out(f"  [{trial.trial_id}] start {trial.config.get(FAMILY_KEY)} {params}")
         if trial.config.get(INDEX_KEY) == 0 and self.trials is not None and self.trials < len(self.families):
-            left_out = untried_families(self.families, trial.config[FAMILY_KEY], self.points, self.trials)
+            left_out = untried_families(
+                self.families, trial.config[FAMILY_KEY], self.points, self.trials, self.warm_queued
+            )
             self._out(f"  not tried ({self.trials} trials for {len(self.families)} families): {', '.join(left_out)}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:

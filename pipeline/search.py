@@ -261,7 +261,7 @@ def _fit(
             # num_to_keep policy had already deleted, and that trial could not be restored.
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=METRIC, checkpoint_score_order="max"),
             callbacks=[
-                ProgressLines(search.trials, search.families, search.points_to_evaluate),
+                ProgressLines(search.trials, search.families, search.points_to_evaluate, space.warm_queued),
                 TrialRunEnds(config.tracking.uri, experiment_id, parent_run_id, search.max_iterations),
             ],
             verbose=0,

@@ -73,9 +73,17 @@ def queued_families(families: Sequence[str], drawn: str, points: Mapping[str, An
     return [family for family in families if family in points or family != drawn]
 
 
-def untried_families(families: Sequence[str], drawn: str, points: Mapping[str, Any], trials: int) -> list[str]:
-    """The families none of ``trials`` trials gets, when the first one drew ``drawn``."""
-    tried = {drawn, *queued_families(families, drawn, points)[: trials - 1]}
+def untried_families(
+    families: Sequence[str], drawn: str, points: Mapping[str, Any], trials: int, warm_queued: Sequence[str] = ()
+) -> list[str]:
+    """The families none of ``trials`` trials gets, when the first one drew ``drawn``; in a
+    warm-started search (``warm_queued``, the families queued from past searches, first) the
+    queue starts with those, then every family they leave out."""
+    if warm_queued:
+        order = [*warm_queued, *(family for family in families if family not in warm_queued)]
+    else:
+        order = [drawn, *queued_families(families, drawn, points)]
+    tried = set(order[:trials])
     return [family for family in families if family not in tried]
 
 

@@ -5,7 +5,8 @@ tracking store). Each finished search parent run there has its trials in its
 ``search_result.json`` artifact (read through MLflow, so a remote tracking server is enough).
 Each trial with a validation accuracy becomes an ``optuna.trial.create_trial`` in the CURRENT
 search space (:func:`pipeline.space.define_by_run`); one whose family is not searched now, that
-lacks a searched knob, or whose values the current space cannot draw is skipped and counted.
+lacks a searched knob, whose values the current space cannot draw, or that ran with another value
+of a knob the config now fixes (``search.fixed``) is skipped and counted.
 The best past trial of each searched family is queued first, in order of its accuracy (a
 config ``search.points_to_evaluate`` value for that family wins, knob by knob), so TPE starts
 from what worked elsewhere and the first new trials re-run the best known configurations.
@@ -37,6 +38,7 @@ AUTO = "auto"
 RESULT_ARTIFACT = "search_result.json"  # pipeline.search.RESULT_FILE, logged on every finished search's parent
 WARM_START_TAG = "learn2tune.warm_start"
 OUTSIDE, NO_KNOB, NOT_SEARCHED = "outside the current space", "lacks a searched knob", "family not searched"
+FIXED_DIFFERS = "another value of a knob fixed now"
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,20 @@ def past_trials(client: MlflowClient, source: Source) -> list[Mapping[str, Any]]
         return list(json.loads(Path(path).read_text()).get("trials", []))
 
 
-def prepare(sources: list[Source], history: Sequence[Mapping[str, Any]], space: ConditionalSpace) -> WarmStart:
-    """``history`` (the past trials of ``sources``) converted to ``space``, and the best per family to queue."""
+def prepare(
+    sources: list[Source],
+    history: Sequence[Mapping[str, Any]],
+    space: ConditionalSpace,
+    fixed: Mapping[str, Mapping[str, Any]] | None = None,
+) -> WarmStart:
+    """``history`` (the past trials of ``sources``) converted to ``space`` (``fixed``: the config's
+    ``search.fixed``), and the best per family to queue."""
     warm = WarmStart(sources)
     best: dict[str, tuple[float, dict[str, Any]]] = {}
     for past in history:
         if past.get("val_accuracy") is None:  # failed or stopped before its first evaluation
             continue
-        converted = convert(past, space)
+        converted = convert(past, space, fixed)
         if isinstance(converted, str):
             warm.skipped[converted] += 1
             continue
@@ -115,8 +123,14 @@ def prepare(sources: list[Source], history: Sequence[Mapping[str, Any]], space: 
     return warm
 
 
-def convert(past: Mapping[str, Any], space: ConditionalSpace) -> FrozenTrial | str:
-    """``past`` (a ``search_result.json`` trial) as a completed trial of ``space``, or why it cannot be."""
+def convert(
+    past: Mapping[str, Any], space: ConditionalSpace, fixed: Mapping[str, Mapping[str, Any]] | None = None
+) -> FrozenTrial | str:
+    """``past`` (a ``search_result.json`` trial) as a completed trial of ``space``, or why it cannot be.
+
+    ``fixed``: the knobs the new search sets per family; a past trial that ran another value of one
+    scored a different model than the new search's trials would, so its accuracy is no evidence.
+    """
     import optuna
 
     family = past.get("family")
@@ -136,6 +150,8 @@ def convert(past: Mapping[str, Any], space: ConditionalSpace) -> FrozenTrial | s
         distributions[f"{family}.{knob}"] = optuna_distribution(distribution)
     if any(knob in given and given[knob] != value for knob, value in space.constants[family].items()):
         return OUTSIDE  # e.g. another backbone than the one this search sets
+    if any(knob in given and given[knob] != value for knob, value in (fixed or {}).get(family, {}).items()):
+        return FIXED_DIFFERS
     return optuna.trial.create_trial(params=params, distributions=distributions, value=float(past["val_accuracy"]))
 
 
@@ -204,7 +220,8 @@ def begin(
     one line; returns ``space`` counting its trials from the search's own first one."""
     from pipeline.study import open_storage
 
-    warm = prepare(sources, [past for source in sources for past in past_trials(client, source)], space)
+    history = [past for source in sources for past in past_trials(client, source)]
+    warm = prepare(sources, history, space, config.search.fixed)
     offset = seed_study(warm, open_storage(config.search.study_storage or ""), study_name, config.seed)
     record(client, run_id, warm)
     out(summary_line(warm))

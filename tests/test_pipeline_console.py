@@ -54,6 +54,9 @@ def test_hints_keep_the_config_experiment_overrides_and_model_name():
     build = invocation("build", "omniglot", "c.yaml", "--out", "/d/omni", "--path", "/zips")
     assert build.command("search") == "learn2tune search c.yaml --set data.dir=/d/omni"
     assert build.complete("text without hints, `learn2tune bench`") == "text without hints, `learn2tune bench`"
+    # report's --out is its markdown file, not a dataset directory for the stages after it
+    report = invocation("report", "cross-domain", "c.yaml", "--experiments", "a,b", "--out", "t.md")
+    assert report.command("evaluate") == "learn2tune evaluate c.yaml"
 
 
 def test_build_takes_the_config_and_source_in_either_order():
@@ -114,3 +117,13 @@ def test_a_search_with_fewer_trials_than_families_names_those_it_leaves_out():
     assert untried_families(families, "relation", {"relation": {"lr": 0.1}}, trials=4) == ["reptile", "mann"]
     assert untried_families(families, "relation", {}, trials=4) == ["mann"]
     assert untried_families(families, "maml", {}, trials=5) == []
+
+
+def test_a_warm_started_search_leaves_out_families_after_those_queued_from_past_searches():
+    families = ("protonet", "maml", "relation", "reptile", "mann")
+    # past searches queued reptile then protonet first; the others follow in the config's order
+    assert untried_families(families, "reptile", {}, trials=3, warm_queued=("reptile", "protonet")) == [
+        "relation",
+        "mann",
+    ]
+    assert untried_families(families, "reptile", {}, trials=5, warm_queued=("reptile", "protonet")) == []

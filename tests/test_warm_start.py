@@ -18,7 +18,16 @@ import pytest
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.space import FAMILY_KEY, INDEX_KEY, define_by_run
-from pipeline.warm_start import NO_KNOB, NOT_SEARCHED, OUTSIDE, Source, convert, find_sources, prepare
+from pipeline.warm_start import (
+    FIXED_DIFFERS,
+    NO_KNOB,
+    NOT_SEARCHED,
+    OUTSIDE,
+    Source,
+    convert,
+    find_sources,
+    prepare,
+)
 
 CONFIG = """\
 name: {name}
@@ -137,6 +146,11 @@ def test_conversion_checks_family_knobs_and_ranges_against_the_current_space():
     ) == (
         OUTSIDE  # the space sets conv4
     )
+    fixed = {"protonet": {"width": 16, "train_ways": 0}}  # the config's search.fixed, as define_by_run had it
+    assert not isinstance(convert({"family": "protonet", "params": params, "val_accuracy": 0.7}, space, fixed), str)
+    wider = {"family": "protonet", "params": {**params, "width": 64}, "val_accuracy": 0.9}
+    assert convert(wider, space, fixed) == FIXED_DIFFERS  # it trained another network than this search would
+    assert prepare([Source("past", "run")], [wider], space, fixed).skipped == {FIXED_DIFFERS: 1}
 
 
 def test_the_best_past_trial_per_family_is_queued_best_first_with_the_configs_points_winning():
