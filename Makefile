@@ -33,8 +33,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/learn2tune run
 
+# Two pytest processes, a file each at a time (a file's module fixtures stay in one process): most
+# of the suite's wall time waits on real services (Ray actors, servers, subprocesses), so the two
+# overlap on 2 cores. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # ruff's rules, mypy, then ruff's formatting, as configured in pyproject.toml.
 lint: $(STAMP)

@@ -1,6 +1,6 @@
 """What a warm start buys: trials to reach a cold search's best, cold vs warm-started, same budget.
 
-    learn2tune bench warm-start [--out DIR] [--seeds N] [--budget default|large|smoke] [--pairs P,P]
+    learn2tune bench warm-start [--out DIR] [--seeds N] [--budget smoke|small|default|medium|large] [--pairs P,P]
 
 For each pair (source dataset -> target dataset) one search runs on the source; then, per seed,
 a cold search and a search warm-started from the source search (``search.warm_start``) run on
@@ -34,6 +34,8 @@ BUDGETS: dict[str, dict[str, int]] = {  # trials, iterations per trial, val and 
     "smoke": {"trials": 2, "iterations": 10, "val": 10, "test": 20},
     "small": {"trials": 3, "iterations": 20, "val": 30, "test": 100},  # what ran under a load of ~15 on 2 cores
     "default": {"trials": 5, "iterations": 60, "val": 50, "test": 200},
+    # 10 trials: the warm study holds 10 past ones, so TPE (10 startup trials) models from its first own draw
+    "medium": {"trials": 10, "iterations": 100, "val": 50, "test": 600},
     "large": {"trials": 20, "iterations": 300, "val": 100, "test": 600},
 }
 

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Ray starts once per session (5-8 s); tests that need it ask for it."""
+"""Shared pytest fixtures. Ray starts once per pytest process (5-8 s; `make test` runs two)."""
 
 from __future__ import annotations
 

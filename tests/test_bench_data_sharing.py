@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from pipeline.cli import main
 
 
+@pytest.mark.slow  # four searches, ~25 s: the benchmark, not the pipeline (tests/test_trial_data.py)
 def test_bench_prints_both_paths_for_1_and_n_trials_and_the_ratio(pipeline_ray, tmp_path, capsys):
     assert main(["bench", "data-sharing", "--size", "tiny", "--trials", "2", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

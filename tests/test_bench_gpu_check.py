@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from learners.meta_gradient import PATHS
 from learners.registry import family_names
 
@@ -17,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_ON_A_GPU_MACHINE = ("ray", "mlflow", "optuna", "pydantic", "yaml", "pipeline")
 
 
+@pytest.mark.slow  # ~11 s of a benchmark's wiring
 def test_gpu_check_runs_on_cpu_at_tiny_sizes_with_torch_alone(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(

@@ -40,6 +40,7 @@ def searched(tmp_path_factory, pipeline_ray):
     return root, argv, summary, lines
 
 
+@pytest.mark.slow  # the module fixture's five family searches take ~60 s
 def test_each_family_is_searched_as_its_table_cell_trains_starting_from_the_paper(searched):
     root, _, summary, _ = searched
     assert list(summary["families"]) == list(FAMILIES)
@@ -73,6 +74,7 @@ def test_each_family_is_searched_as_its_table_cell_trains_starting_from_the_pape
         assert 0.0 <= best["test"]["accuracy"] <= 1.0 and list(evaluation["models"][0]["results"]) == ["5w1s"]
 
 
+@pytest.mark.slow  # the module fixture's five family searches take ~60 s
 def test_the_report_gives_each_familys_paper_point_and_best_trial(searched):
     root, argv, summary, _ = searched
     text = (root / "search.md").read_text()
@@ -90,6 +92,7 @@ def test_the_report_gives_each_familys_paper_point_and_best_trial(searched):
             assert "lr=" in cells[5] and "test_inner_steps" not in cells[5]
 
 
+@pytest.mark.slow  # the module fixture's five family searches take ~60 s
 def test_every_family_is_one_search_run_with_its_trials_in_mlflow(searched):
     root, _, summary, _ = searched
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -105,6 +108,7 @@ def test_every_family_is_one_search_run_with_its_trials_in_mlflow(searched):
         assert "test_acc_5w1s" in parent.data.metrics
 
 
+@pytest.mark.slow  # the module fixture's five family searches take ~60 s
 def test_the_printed_command_fills_the_tables_tuned_column(searched, tmp_path, monkeypatch):
     root, _, summary, lines = searched
     printed = "\n".join(lines).splitlines()
@@ -129,6 +133,7 @@ def test_the_printed_command_fills_the_tables_tuned_column(searched, tmp_path, m
         assert f"| {tuned}{' (paper' + chr(39) + 's)' if paper else ''} |" in row
 
 
+@pytest.mark.slow  # the module fixture's five family searches take ~60 s
 def test_resume_keeps_the_families_it_finished(searched):
     _, argv, summary, _ = searched
     lines: list[str] = []

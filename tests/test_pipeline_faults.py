@@ -122,8 +122,12 @@ def some_finished_and_one_checkpointed(experiment_dir: Path) -> bool:
 
 @pytest.mark.parametrize(
     "stop, resume",
-    [(signal.SIGKILL, "search"), (signal.SIGINT, "run")],
-    ids=["SIGKILL-search--resume", "SIGINT-run--resume"],
+    [
+        # ~65 s; a SIGKILL-ed search's resume also runs by default on a `ray start` cluster
+        # (tests/test_cluster_storage.py), so this local one runs with -m slow
+        pytest.param(signal.SIGKILL, "search", marks=pytest.mark.slow, id="SIGKILL-search--resume"),
+        pytest.param(signal.SIGINT, "run", id="SIGINT-run--resume"),
+    ],
 )
 def test_interrupted_search_resumes_without_rerunning_finished_trials(tmp_path, pipeline_ray, capsys, stop, resume):
     config = write_config(tmp_path)

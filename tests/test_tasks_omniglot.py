@@ -13,6 +13,7 @@ from tasks.store import DatasetStore
 pytestmark = pytest.mark.omniglot
 
 
+@pytest.mark.slow  # ~20 s: builds all 6,492 rotated classes; test_omniglot_by_alphabet builds from the zips by default
 def test_omniglot_random_split_with_rotations(tmp_path, tasks_omniglot_dir):
     spec = BuildSpec(source="omniglot", path=str(tasks_omniglot_dir), rotations=True)
     manifest = build_dataset(spec, tmp_path / "omniglot")
