@@ -33,12 +33,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/learn2tune run
 
-# Two pytest processes, a file each at a time (a file's module fixtures stay in one process): most
-# of the suite's wall time waits on real services (Ray actors, servers, subprocesses), so the two
-# overlap on 2 cores. TEST_WORKERS=0 runs it in this one process.
+# Two pytest processes, a file each at a time (a file's module fixtures stay in one process), the
+# files that start services first (tests/conftest.py): much of the suite's wall time waits on real
+# services (Ray actors, servers, subprocesses), so the two overlap on 2 cores. TEST_WORKERS=0 runs
+# it in this one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # ruff's rules, mypy, then ruff's formatting, as configured in pyproject.toml.
 lint: $(STAMP)

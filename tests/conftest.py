@@ -9,6 +9,30 @@ import pytest
 # The cluster-ops starters (mlflow server, ray start nodes), until tests/services.py replaces them.
 pytest_plugins = ["tests.ops_services"]
 
+# What a file's tests start, most expensive first: `ray start` nodes and servers, then a local Ray.
+SERVICE_FIXTURES = (
+    {"ray_nodes", "ops_ray_nodes", "mlflow_tracking_server", "ops_mlflow_server"},
+    {"pipeline_ray"},
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files whose tests start services first, each file's tests still together and in order.
+
+    `make test`'s two processes (pytest-xdist, ``--dist loadfile --no-loadscope-reorder``) take
+    the next file as each finishes one: the longest files first let both end at about the same
+    time (xdist's own order, by number of tests, ran the few-test cluster files last).
+    """
+
+    def cost_rank(item: pytest.Item) -> int:
+        used = set(getattr(item, "fixturenames", ()))
+        return next((rank for rank, names in enumerate(SERVICE_FIXTURES) if used & names), len(SERVICE_FIXTURES))
+
+    rank_of_file: dict[object, int] = {}
+    for item in items:
+        rank_of_file[item.path] = min(rank_of_file.get(item.path, len(SERVICE_FIXTURES)), cost_rank(item))
+    items.sort(key=lambda item: rank_of_file[item.path])  # stable: a file's own order is kept
+
 
 @pytest.fixture(scope="session")
 def pipeline_ray():

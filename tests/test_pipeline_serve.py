@@ -8,6 +8,8 @@ MAML, then a ProtoNet: versions 1 and 2 of one registered model) and once on ano
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -89,11 +91,12 @@ def registry(tmp_path_factory, pipeline_ray):
 
 
 def _promote(config: str, extra: list[str]) -> tuple[int, str]:
-    """Exit status and combined output of `learn2tune promote` (in a subprocess: one-line errors)."""
-    process = subprocess.run(
-        [_cli(), "promote", config, *extra], capture_output=True, text=True, timeout=300, env=_env()
-    )
-    return process.returncode, process.stdout + process.stderr
+    """Exit status and combined output of `learn2tune promote`, run in this process (a subprocess
+    per call would import the stack again, ~5 s each)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        status = main(["promote", config, *extra])
+    return status, output.getvalue()
 
 
 def _cli() -> str:
