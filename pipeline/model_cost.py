@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from learners.base import Learner
     from tasks.store import SplitStore
 
 WAYS, SHOTS, QUERIES_PER_CLASS = 5, 5, 15
@@ -115,6 +116,11 @@ class Timing:
     p50_ms: float
     p95_ms: float
     calls: int
+
+
+def learner_request(learner: Learner, split: SplitStore | None) -> StandardRequest:
+    """The standard request for ``learner``: its own number of ways when its head fixes them."""
+    return standard_request(learner.image_shape, learner.ways if learner.fixed_ways else WAYS, split)
 
 
 def time_calls(
@@ -206,8 +212,7 @@ def measure_model_dir(model_dir: Path, split: SplitStore | None, calls: int = TI
 
     model = mlflow.pyfunc.load_model(str(model_dir))
     learner = model.unwrap_python_model().learner
-    ways = learner.ways if learner.fixed_ways else WAYS
-    request = standard_request(learner.image_shape, ways, split)
+    request = learner_request(learner, split)
     frame = request.frame()
     timing = time_calls(lambda: model.predict(frame), calls)
     weights = next(model_dir.rglob(WEIGHTS_FILE))

@@ -20,15 +20,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from learners.checkpoint import load_learner
-from pipeline.model_cost import WAYS, standard_request, time_calls
+from pipeline.model_cost import learner_request, test_split, time_calls
 from pipeline.records import SearchResult, TrialRecord
 from tasks import storage
-from tasks.errors import DatasetError
 from tasks.say import Say as Out
-from tasks.store import DatasetStore, SplitStore
+from tasks.store import SplitStore
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from pipeline.config import Config
 
 PARETO_PLOT = "search/pareto.png"
 PARETO_POINTS = "search/pareto.json"
@@ -58,14 +59,14 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return [i for i, (accuracy, latency) in enumerate(points) if not beaten(accuracy, latency)]
 
 
-def log_pareto(client: MlflowClient, run_id: str, result: SearchResult, endpoint_url: str | None, out: Out) -> None:
+def log_pareto(client: MlflowClient, run_id: str, result: SearchResult, config: Config, out: Out) -> None:
     """Time the search's best trials, then log the plot, the points and each trial's latency metric."""
     timed = [t for t in result.trials if t.evaluable][:MAX_TRIALS]
     if not timed:
         return
-    split = _test_split(result.dataset.dir)
+    split = test_split(config)
     out(f"Pareto plot: timing {len(timed)} trial checkpoint(s) on the standard request (up to {CALLS} calls each)")
-    points = [_time_trial(trial, split, endpoint_url) for trial in timed]
+    points = [_time_trial(trial, split, config.storage.endpoint_url) for trial in timed]
     front = set(pareto_front([(p.val_accuracy, p.latency_ms) for p in points]))
     points = [Point(**{**asdict(p), "front": i in front}) for i, p in enumerate(points)]
     for trial, point in zip(timed, points, strict=True):
@@ -102,14 +103,7 @@ def _time_trial(trial: TrialRecord, split: SplitStore | None, endpoint_url: str 
     with storage.local_copy(storage.resolve(trial.checkpoint, endpoint_url), "learn2tune-ckpt-") as checkpoint:
         learner, _ = load_learner(checkpoint, "cpu")
     learner.eval()
-    request = standard_request(learner.image_shape, learner.ways if learner.fixed_ways else WAYS, split)
+    request = learner_request(learner, split)
     support_x, support_y, query_x = request.tensors()
     timing = time_calls(lambda: learner.predict(support_x, support_y, query_x), CALLS, WARMUP, BUDGET_S)
     return Point(trial.trial_id, trial.family, trial.val_accuracy, timing.p50_ms, timing.calls)
-
-
-def _test_split(dataset_dir: str) -> SplitStore | None:
-    try:
-        return DatasetStore.open(dataset_dir).split("test")
-    except (DatasetError, storage.StorageError, OSError, KeyError):
-        return None

@@ -48,7 +48,7 @@ def log_search_artifacts(
         scored = sum(1 for t in result.trials if t.family == family and t.val_accuracy is not None)
         figure = parameter_importance(importances, f"{family}: parameter importance (fANOVA, {scored} trials)")
         client.log_figure(run_id, figure, IMPORTANCE_PLOT.format(family=family))
-    pareto.log_pareto(client, run_id, result, config.storage.endpoint_url, out)
+    pareto.log_pareto(client, run_id, result, config, out)
     url = config.search.study_storage or ""
     if not study.has_study(url, study_name):
         out(f"note: Optuna study {study_name} is not in {study.shown_url(url)}; nothing to log of it")
